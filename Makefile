@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# torch==2.13.0 is the CPU build that lies on these machines; any other spec may pull a multi-GB CUDA build.
+PIP     := $(BIN)/pip install -q -c constraints.txt
+INDEX   ?= indexes/sample
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-slow fuzz eval bench venv clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/docqa ingest corpora/sample --index $(INDEX)
+	$(BIN)/docqa search "How do I create a virtual environment?" --index $(INDEX) -k 3
+	$(BIN)/docqa ask "How do I create a virtual environment in Python?" --index $(INDEX)
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+
+eval: venv
+	$(BIN)/docqa ingest corpora/sample --index $(INDEX)
+	$(BIN)/docqa eval corpora/dev_qa.jsonl --index $(INDEX) --mode dense,bm25,hybrid
+
+bench: venv
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) indexes/sample

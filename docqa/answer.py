@@ -1,0 +1,160 @@
+"""One grounded answer: retrieve -> budgeted prompt -> stream the model's text -> Answer with citations.
+
+    >>> a = ask("怎么解压 tar.gz 文件？", retriever, generator, settings, on_text=lambda s: print(s, end=""))
+    使用 tar -xzvf archive.tar.gz 解压 [1]。
+    >>> a.citations, [h.location for _, h in a.sources], a.timings
+    ([1], ['tar.txt'], {'retrieval': 0.03, 'prompt': 0.01, 'first_token': 0.9, 'total': 2.1})
+
+Retrieval asks for `CANDIDATES` passages (or `settings.max_passages` when set) and the prompt keeps as many as the
+token budget holds (docqa/prompt.py). When `retriever.is_relevant` says nothing found is relevant, `ask` abstains
+without calling the model (unless `abstain=False`), with a message in the question's language.
+
+Citations `[1]`, `[1,2]`, `[1][3]`, `[2-4]`, `【1】`, `【1，2】` are parsed from the text after generation; numbers
+that point to no passage in the prompt go to `Answer.invalid_citations` and are never shown as sources.
+The model's output is only ever returned as text: nothing here executes it or calls tools with it.
+
+Timings (seconds): `retrieval`, `prompt`, `first_token` (from the call, i.e. what the user waits),
+`generation` (model time), `total`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .documents import Answer, Hit
+from .generate.base import GenerationOptions, Generator
+from .prompt import PromptPlan, build_prompt, passage_label, question_language
+
+if TYPE_CHECKING:
+    from .retrieve import Retriever
+
+#: passages retrieved per question before the prompt budget picks how many fit
+CANDIDATES = 50
+
+_CITE = re.compile(r"(?<![A-Za-z0-9_])[\[【]\s*(\d{1,4}(?:\s*[,，、\-–]\s*\d{1,4})*)\s*[\]】]")
+
+ABSTAIN = {
+    "zh": "知识库中没有找到与这个问题相关的内容，所以不作回答。可以换个问法，或加 --no-abstain 强制回答。",
+    "en": "Nothing in the knowledge base looks relevant to this question, so I won't guess. "
+    "Try rephrasing it, or pass --no-abstain to answer anyway.",
+}
+
+
+def parse_citations(text: str, n_passages: int) -> tuple[list[int], list[int]]:
+    """(valid, invalid) passage numbers cited in `text`, each in order of first appearance, no repeats.
+
+    >>> parse_citations("见 [1][3]，另见【2，9】和 [4-5]", 4)
+    ([1, 3, 2, 4], [9, 5])
+    """
+    seen: dict[int, None] = {}
+    for m in _CITE.finditer(text):
+        for part in re.split(r"\s*[,，、]\s*", m.group(1)):
+            if "-" in part or "–" in part:
+                lo, hi = (int(x) for x in re.split(r"\s*[\-–]\s*", part))
+                nums = range(lo, hi + 1) if 0 <= hi - lo < 50 else [lo, hi]
+            else:
+                nums = [int(part)]
+            for n in nums:
+                seen.setdefault(n, None)
+    valid = [n for n in seen if 1 <= n <= n_passages]
+    invalid = [n for n in seen if not 1 <= n <= n_passages]
+    return valid, invalid
+
+
+def source_line(n: int, hit: Hit) -> str:
+    """`[n] manual.pdf:41 — Install > Packages` as printed under an answer."""
+    return f"[{n}] {hit.location}" + (f" — {hit.section}" if hit.section else "")
+
+
+def generation_options(settings: Settings, cancel: threading.Event | None = None) -> GenerationOptions:
+    return GenerationOptions(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        repetition_penalty=settings.repetition_penalty,
+        cancel=cancel,
+    )
+
+
+def ask(
+    question: str,
+    retriever: Retriever,
+    generator: Generator,
+    settings: Settings,
+    history: Sequence[tuple[str, str]] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    rewritten: str | None = None,
+    *,
+    abstain: bool = True,
+    cancel: threading.Event | None = None,
+    on_plan: Callable[[PromptPlan], None] | None = None,
+) -> Answer:
+    """Answer `question` from the knowledge base, streaming text pieces to `on_text` as they come.
+
+    `rewritten` is the standalone form of a follow-up (docqa/chat.py): it is what retrieval searches for, while
+    the model sees the question as asked after the kept `history` turns. When `cancel` is given, Ctrl-C
+    (KeyboardInterrupt) during generation stops the answer instead of propagating: the event is set and the
+    partial answer is returned. `on_plan` sees the prompt plan before generation (for --verbose).
+    """
+    t0 = time.perf_counter()
+    question = question.strip()
+    query = (rewritten or question).strip()
+    k = settings.max_passages if settings.max_passages > 0 else CANDIDATES
+    hits = retriever.search(query, k=k, mode=settings.mode)
+    t_retrieval = time.perf_counter() - t0
+    answer = Answer(question=question, text="", passages=[], model=getattr(generator, "name", ""),
+                    rewritten_query=rewritten if rewritten and rewritten != question else None)  # fmt: skip
+    if abstain and not retriever.is_relevant(query, hits):
+        answer.text = ABSTAIN[question_language(question)]
+        answer.abstained = True
+        answer.timings = {"retrieval": t_retrieval, "total": time.perf_counter() - t0}
+        if on_text:
+            on_text(answer.text)
+        return answer
+
+    t1 = time.perf_counter()
+    plan = build_prompt(question, hits, generator, settings, history or ())
+    t_prompt = time.perf_counter() - t1
+    if on_plan:
+        on_plan(plan)
+    answer.passages = plan.passages
+    answer.passage_tokens = plan.passage_tokens
+
+    pieces: list[str] = []
+    first: float | None = None
+    t2 = time.perf_counter()
+    stream = generator.stream(plan.messages, generation_options(settings, cancel))
+    try:
+        for piece in stream:
+            if first is None:
+                first = time.perf_counter() - t0
+            pieces.append(piece)
+            if on_text:
+                on_text(piece)
+    except KeyboardInterrupt:
+        if cancel is None:
+            raise
+        cancel.set()
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            close()
+    t_end = time.perf_counter()
+    answer.text = "".join(pieces).strip()
+    answer.citations, answer.invalid_citations = parse_citations(answer.text, len(plan.passages))
+    answer.timings = {
+        "retrieval": t_retrieval,
+        "prompt": t_prompt,
+        "first_token": first if first is not None else t_end - t0,
+        "generation": t_end - t2,
+        "total": t_end - t0,
+    }
+    return answer
+
+
+__all__ = ["ABSTAIN", "CANDIDATES", "ask", "parse_citations", "passage_label", "source_line"]

@@ -1,0 +1,139 @@
+"""Document -> [Chunk]: pieces small enough for the embedding model to read whole.
+
+Sizes are counted in the embedding model's own tokens (`count_tokens`), and no chunk ever exceeds
+`max_tokens` (all-MiniLM-L6-v2 silently truncates past 256 word pieces, so a longer chunk would be embedded
+without its tail). The text is first cut at page and section boundaries, so every chunk has exactly one page
+and one section; each piece is then split recursively with langchain-text-splitters at paragraph, line,
+sentence (English and Chinese: 。！？；), clause (：，) and word boundaries, in that order of preference.
+
+    >>> from docqa.documents import Document
+    >>> doc = Document("a.txt", "第一句。第二句。" * 50)
+    >>> chunks = chunk_document(doc, count_tokens=len, chunk_tokens=40, overlap=8)
+    >>> all(c.text.endswith("。") for c in chunks[:-1]) and max(c.n_tokens for c in chunks) <= 40
+    True
+
+Limits: tables and code blocks are split like prose; overlap is approximate (whole sentences, at most `overlap`
+tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .documents import SECTION_SEP, Chunk, Document
+
+SEPARATORS = [
+    "\n\n", "\n",
+    "。", "！", "？", "；", ". ", "! ", "? ", "; ",
+    "：", "，", "、", ": ", ", ",
+    " ", "",
+]  # fmt: skip
+# A segment this short (a lone heading, a page number) is joined to the next one on the same page.
+_MIN_SEGMENT_CHARS = 40
+
+
+def _segments(doc: Document) -> list[tuple[int, int]]:
+    """Character ranges of `doc.text` that do not cross a page or section start."""
+    cuts = {0, len(doc.text)} | {p.start for p in doc.pages} | {s.start for s in doc.sections}
+    bounds = sorted(c for c in cuts if 0 <= c <= len(doc.text))
+    out: list[tuple[int, int]] = []
+    pending = None
+    for a, b in zip(bounds, bounds[1:]):
+        if pending is not None:
+            if doc.page_at(pending) == doc.page_at(a):
+                a = pending
+            else:
+                out.append((pending, a))
+            pending = None
+        if len(doc.text[a:b].strip()) < _MIN_SEGMENT_CHARS:
+            pending = a
+            continue
+        out.append((a, b))
+    if pending is not None:
+        if out and doc.page_at(out[-1][0]) == doc.page_at(pending):
+            out[-1] = (out[-1][0], len(doc.text))
+        else:
+            out.append((pending, len(doc.text)))
+    return out
+
+
+def _locate(segment: str, piece: str, prev_start: int, prev_end: int, overlapping: bool) -> int:
+    """Where `piece` starts in `segment`, given the previous chunk's span. The splitter's own start index is
+    unreliable on repetitive text, so: with overlap, the latest match that begins inside the previous chunk;
+    otherwise (or if there is none) the first match after it."""
+    if overlapping and prev_end > 0:
+        pos, best = prev_start, -1
+        while (pos := segment.find(piece, pos + 1, prev_end + len(piece))) != -1 and pos <= prev_end:
+            best = pos
+        if best != -1:
+            return best
+    pos = segment.find(piece, prev_end)
+    return pos if pos != -1 else max(0, segment.find(piece))
+
+
+def _hard_split(text: str, count_tokens: Callable[[str], int], limit: int) -> list[tuple[int, str]]:
+    """Last resort for a piece still over `limit`: binary-search the longest prefix that fits."""
+    out, start = [], 0
+    while start < len(text):
+        lo, hi = 1, len(text) - start
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count_tokens(text[start : start + mid]) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append((start, text[start : start + lo]))
+        start += lo
+    return out
+
+
+def chunk_document(
+    doc: Document,
+    count_tokens: Callable[[str], int],
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    max_tokens: int | None = None,
+) -> list[Chunk]:
+    """Split `doc` into chunks of at most `chunk_tokens` tokens (and never above `max_tokens`)."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    limit = min(chunk_tokens, max_tokens) if max_tokens else chunk_tokens
+    splitter = RecursiveCharacterTextSplitter(
+        separators=SEPARATORS,
+        keep_separator="end",
+        chunk_size=limit,
+        chunk_overlap=min(overlap, limit // 2),
+        length_function=count_tokens,
+        strip_whitespace=True,
+    )
+    chunks: list[Chunk] = []
+    for a, b in _segments(doc):
+        segment = doc.text[a:b]
+        if not segment.strip():
+            continue
+        section = SECTION_SEP.join(doc.section_at(a))
+        page = doc.page_at(a)
+        prev_start, prev_end = -1, 0
+        for text in splitter.split_text(segment):
+            rel = _locate(segment, text, prev_start, prev_end, overlap > 0)
+            prev_start, prev_end = rel, rel + len(text)
+            parts = [(0, text)]
+            n = count_tokens(text)
+            if n > limit:
+                parts = _hard_split(text, count_tokens, limit)
+            for off, part in parts:
+                if not part.strip():
+                    continue
+                start = a + rel + off
+                chunks.append(
+                    Chunk(
+                        text=part,
+                        start=start,
+                        end=start + len(part),
+                        ordinal=len(chunks),
+                        page=page,
+                        section=section,
+                        n_tokens=n if len(parts) == 1 else count_tokens(part),
+                    )
+                )
+    return chunks

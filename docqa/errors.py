@@ -1,0 +1,37 @@
+"""Typed errors. The CLI turns any `DocQAError` into a one-line message and exit code 1.
+
+Library code raises these instead of printing; each message says what happened and, where there is one,
+what the user can do about it (e.g. "run `docqa rebuild`").
+"""
+
+
+class DocQAError(Exception):
+    """Base class: a failure the user can understand and act on."""
+
+
+class ConfigError(DocQAError):
+    """A setting, flag or config file is invalid."""
+
+
+class LoadError(DocQAError):
+    """A file could not be turned into a Document (unsupported, binary, encrypted, corrupt, too large...)."""
+
+
+class StoreError(DocQAError):
+    """The knowledge base cannot be opened, read or written."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the knowledge base's write lock."""
+
+
+class StoreCorruptError(StoreError):
+    """A knowledge-base file failed validation; `docqa rebuild` or a re-ingest is the way out."""
+
+
+class ModelMismatchError(StoreError):
+    """The knowledge base was built with a different embedding model than the one configured."""
+
+
+class ModelError(DocQAError):
+    """A model (embedder, generator) cannot be found, loaded or run."""

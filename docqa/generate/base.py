@@ -1,0 +1,169 @@
+"""The generator interface shared by every language model docqa can use.
+
+A `Generator` turns a prompt (a string, or chat messages) into a stream of text pieces:
+
+    >>> gen = get_generator("demo")                       # docqa.generate.get_generator
+    >>> for piece in gen.stream([{"role": "user", "content": "Hi"}], GenerationOptions(max_new_tokens=8)):
+    ...     print(piece, end="")
+
+Implementations differ only in `stream`; they also report `context_length` and count tokens with their own
+tokenizer so prompts can be budgeted (docqa/prompt.py). Local transformers models share `sample_tokens`, a
+plain KV-cache decoding loop that runs in the caller's thread, so Ctrl-C (KeyboardInterrupt) or a `cancel`
+event stops generation between two tokens with nothing left running.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # torch is imported lazily: `docqa --help` must start fast
+    import torch
+
+
+class Message(TypedDict):
+    role: str  # "user" | "assistant" (ChatGLM2 has no system role; see prompt.py)
+    content: str
+
+
+Prompt = str | Sequence[Message]
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 512
+    temperature: float = 0.3  # 0 = greedy
+    top_p: float = 0.8
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    cancel: threading.Event | None = None  # set it (from another thread) to stop after the current token
+
+
+class Generator(ABC):
+    """A language model that streams text. Subclasses implement `stream`; the rest has sensible defaults."""
+
+    name: str = "generator"
+    #: the longest prompt + answer the model handles, in its own tokens
+    context_length: int = 2048
+    #: True for instruction/chat-tuned models; False for the embedded demo (a small base model)
+    is_chat_model: bool = True
+
+    @abstractmethod
+    def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
+        """Yield the answer's text piece by piece (concatenate them for the whole answer)."""
+
+    def generate(self, prompt: Prompt, options: GenerationOptions | None = None) -> str:
+        return "".join(self.stream(prompt, options))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in this model's prompt. Default: a conservative estimate (no tokenizer)."""
+        # CJK characters are roughly one token each; other text about 4 characters per token.
+        cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff")
+        return cjk + (len(text) - cjk + 3) // 4
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The plain-text prompt for `messages` (used for counting and by models without a chat API)."""
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+class StreamDecoder:
+    """Turns token ids into text pieces as they arrive, never emitting half a UTF-8 character.
+
+    Decoding ids one by one loses spaces (SentencePiece's "▁") and splits multi-byte characters spread
+    over several byte-fallback tokens, so it decodes the whole sequence and emits the new stable suffix:
+
+        >>> dec = StreamDecoder(tokenizer.decode)
+        >>> "".join(dec.push(i) for i in ids) + dec.flush() == tokenizer.decode(ids)
+        True
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self._decode = decode
+        self._ids: list[int] = []
+        self._emitted = 0
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(int(token_id))
+        text = self._decode(self._ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its other bytes
+            return ""
+        # decode() may strip or rewrite the tail; only emit what extends the already-emitted prefix
+        piece = text[self._emitted :]
+        self._emitted = len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self._decode(self._ids)
+        piece = text[self._emitted :]
+        self._emitted = len(text)
+        return piece
+
+
+def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    import torch
+
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    picked = torch.gather(logits, 0, seen)
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return logits.scatter(0, seen, picked)
+
+
+def pick_next(logits: torch.Tensor, options: GenerationOptions, seen: torch.Tensor, generator=None) -> int:
+    """Choose the next token from one position's logits: greedy at temperature 0, else top-p sampling."""
+    import torch
+
+    logits = _apply_repetition_penalty(logits.float(), seen, options.repetition_penalty)
+    if options.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / options.temperature, dim=-1)
+    if options.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < options.top_p  # always keeps the top token
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_tokens(
+    model,
+    input_ids: Sequence[int],
+    options: GenerationOptions,
+    eos_ids: Iterable[int],
+) -> Iterator[int]:
+    """Decode new token ids one at a time with a KV cache: prefill `input_ids`, then feed one token per step.
+
+    `model` is a transformers causal LM (`GlmForCausalLM`, `Gemma3ForCausalLM`, ...). Stops at an eos id,
+    at `max_new_tokens`, or when `options.cancel` is set. Runs in the caller's thread (no background work).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    eos = set(int(e) for e in eos_ids)
+    device = next(model.parameters()).device
+    gen = None
+    if options.seed is not None:
+        gen = torch.Generator(device="cpu").manual_seed(options.seed)
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+    seen = torch.tensor(list(dict.fromkeys(int(i) for i in input_ids)), dtype=torch.long)
+    cache = DynamicCache()
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated); accept both.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        for _ in range(options.max_new_tokens):
+            if options.cancel is not None and options.cancel.is_set():
+                return
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            cache = getattr(out, "cache", None) or out.past_key_values
+            nxt = pick_next(out.logits[0, -1].to("cpu"), options, seen, gen)
+            if nxt in eos:
+                return
+            yield nxt
+            if options.repetition_penalty != 1.0:
+                seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
+            ids = torch.tensor([[nxt]], dtype=torch.long, device=device)

@@ -1,0 +1,175 @@
+"""docqa.answer: citation parsing, abstention, interruption, and `ask` end to end with the real demo model."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from docqa.answer import ABSTAIN, CANDIDATES, ask, parse_citations, source_line
+from docqa.config import Settings
+from docqa.documents import Hit
+from docqa.generate.base import Generator
+
+
+@pytest.mark.parametrize(
+    "text, n, valid, invalid",
+    [
+        ("Use apt [1].", 3, [1], []),
+        ("See [1,2] and [2, 3].", 3, [1, 2, 3], []),
+        ("Both [1][3] say so.", 3, [1, 3], []),
+        ("用 tar 解压【1】，也见【2，3】和[4]。", 3, [1, 2, 3], [4]),
+        ("Steps [2-4].", 5, [2, 3, 4], []),
+        ("Nothing cited here.", 3, [], []),
+        ("Wrong [0] and [12], right [2].", 3, [2], [0, 12]),
+        ("array[1] is code, not a citation", 3, [], []),
+        ("见资料[1]、[1]。", 2, [1], []),
+    ],
+)
+def test_parse_citations(text, n, valid, invalid):
+    assert parse_citations(text, n) == (valid, invalid)
+
+
+def hit(i: int, source: str = "manual.pdf", page: int | None = 4, section: str = "Install") -> Hit:
+    return Hit(chunk_id=i, score=1.0 / i, source=f"/docs/{source}", text=f"passage {i} about apt", page=page,
+               section=section, rank=i, scores={"bm25": 1.0})  # fmt: skip
+
+
+class FakeRetriever:
+    def __init__(self, hits, relevant=True):
+        self.hits, self.relevant, self.queries = hits, relevant, []
+
+    def search(self, query, k=None, mode=None):
+        self.queries.append((query, k, mode))
+        return list(self.hits)
+
+    def is_relevant(self, query, hits):
+        return self.relevant
+
+
+class Exploding(Generator):
+    name = "exploding"
+
+    def stream(self, prompt, options=None):
+        raise AssertionError("the model must not be called")
+
+
+class Scripted(Generator):
+    name = "scripted"
+    context_length = 4096
+
+    def __init__(self, pieces, interrupt_after: int | None = None):
+        self.pieces, self.interrupt_after, self.prompts, self.options = pieces, interrupt_after, [], []
+
+    def stream(self, prompt, options=None):
+        self.prompts.append(prompt)
+        self.options.append(options)
+        for i, p in enumerate(self.pieces):
+            if self.interrupt_after is not None and i == self.interrupt_after:
+                raise KeyboardInterrupt
+            yield p
+
+
+def test_abstains_without_calling_the_model():
+    for q, lang in (("How do I frobnicate the quux?", "en"), ("怎么配置量子路由器？", "zh")):
+        seen = []
+        a = ask(q, FakeRetriever([hit(1)], relevant=False), Exploding(), Settings(), on_text=seen.append)
+        assert a.abstained and a.text == ABSTAIN[lang] and seen == [a.text]
+        assert a.passages == [] and a.citations == [] and "retrieval" in a.timings
+
+
+def test_no_abstain_answers_anyway_and_flags_invalid_citations():
+    gen = Scripted(["Use apt", " [1] and", " [7]."])
+    streamed = []
+    a = ask("How?", FakeRetriever([hit(1), hit(2, "b.md", None, "")], relevant=False), gen,
+            Settings(temperature=0.0, max_new_tokens=32), on_text=streamed.append, abstain=False)  # fmt: skip
+    assert not a.abstained and streamed == ["Use apt", " [1] and", " [7]."]
+    assert a.text == "Use apt [1] and [7]." and a.citations == [1] and a.invalid_citations == [7]
+    assert [n for n, _ in a.sources] == [1] and source_line(1, a.sources[0][1]) == "[1] manual.pdf:4 — Install"
+    assert source_line(2, a.passages[1]) == "[2] b.md"
+    assert gen.options[0].temperature == 0.0 and gen.options[0].max_new_tokens == 32
+    assert set(a.timings) >= {"retrieval", "prompt", "first_token", "generation", "total"}
+    assert a.timings["first_token"] <= a.timings["total"]
+    assert a.passage_tokens and len(a.passage_tokens) == len(a.passages) == 2
+    j = json.loads(json.dumps(a.to_json()))
+    assert j["citations"] == [1] and j["invalid_citations"] == [7] and j["passages"][0]["tokens"] > 0
+
+
+def test_retrieves_generously_and_searches_the_rewritten_question():
+    r = FakeRetriever([hit(i) for i in range(1, 4)])
+    a = ask("what about it?", r, Scripted(["ok [2]"]), Settings(), rewritten="what about apt sources?")
+    assert r.queries == [("what about apt sources?", CANDIDATES, "hybrid")]
+    assert a.rewritten_query == "what about apt sources?" and a.question == "what about it?"
+    r = FakeRetriever([hit(1)])
+    ask("q", r, Scripted(["x"]), Settings(max_passages=3, mode="bm25"))
+    assert r.queries == [("q", 3, "bm25")]
+
+
+def test_history_reaches_the_model_before_the_question():
+    gen = Scripted(["fine"])
+    ask("And then?", FakeRetriever([hit(1)]), gen, Settings(), history=[("First?", "First answer [1].")])
+    msgs = gen.prompts[0]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert msgs[0]["content"] == "First?" and msgs[-1]["content"].endswith("And then?")
+
+
+def test_ctrl_c_stops_the_answer_when_a_cancel_event_is_given():
+    cancel = threading.Event()
+    a = ask("q", FakeRetriever([hit(1)]), Scripted(["Half an", " answer", " never"], interrupt_after=2), Settings(),
+            cancel=cancel)  # fmt: skip
+    assert cancel.is_set() and a.text == "Half an answer"
+    with pytest.raises(KeyboardInterrupt):  # without one, Ctrl-C propagates as usual
+        ask("q", FakeRetriever([hit(1)]), Scripted(["a", "b"], interrupt_after=1), Settings())
+
+
+# -- end to end: real knowledge base, real demo model ---------------------------------------------------------------
+
+DOCS = {
+    "nginx.md": "# nginx\n\nInstall nginx with `sudo apt install nginx`. The web server starts automatically.\n\n"
+    "The nginx configuration file is /etc/nginx/nginx.conf. After editing it, run `sudo nginx -s reload`.\n",
+    "redis.md": "# Redis\n\nInstall Redis with `sudo apt install redis-server`. Redis listens on port 6379.\n\n"
+    "The Redis configuration file is /etc/redis/redis.conf. Restart redis-server after editing it.\n",
+    "tar.txt": "tar 命令\n\n解压文件：使用 tar -xzvf archive.tar.gz 可以解压一个用 gzip 压缩的归档。\n",
+}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from docqa.generate.demo import DemoGenerator
+
+    return DemoGenerator()
+
+
+@pytest.fixture(scope="module")
+def kb_settings(tmp_path_factory, embedder):
+    from docqa.ingest import ingest
+
+    root = tmp_path_factory.mktemp("answer")
+    (root / "docs").mkdir()
+    for name, text in DOCS.items():
+        (root / "docs" / name).write_text(text, encoding="utf-8")
+    s = Settings(index=root / "kb", sessions_dir=root / "sessions", temperature=0.0, max_new_tokens=24)
+    report = ingest([root / "docs"], s, embedder=embedder)
+    assert report.added == len(DOCS) and not report.failed
+    return s
+
+
+def test_ask_end_to_end_with_the_demo_model(demo, kb_settings):
+    from docqa.retrieve import open_retriever
+
+    r = open_retriever(kb_settings)
+    streamed: list[str] = []
+    a = ask("How do I install nginx?", r, demo, kb_settings, on_text=streamed.append)
+    assert not a.abstained and a.text and "".join(streamed).strip() == a.text
+    assert a.passages[0].source.endswith("nginx.md")
+    assert a.model.startswith("demo")
+    assert 0 < a.timings["first_token"] <= a.timings["total"]
+    assert all(1 <= n <= len(a.passages) for n in a.citations)
+    json.dumps(a.to_json(), ensure_ascii=False)
+
+    zh = ask("怎么解压 tar.gz 文件？", r, demo, kb_settings)
+    assert zh.passages[0].source.endswith("tar.txt")
+
+    none = ask("What is the airspeed velocity of an unladen swallow?", r, Exploding(), kb_settings)
+    assert none.abstained
