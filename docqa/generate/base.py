@@ -151,7 +151,10 @@ def sample_tokens(
         gen = torch.Generator(device="cpu").manual_seed(options.seed)
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     seen = torch.tensor(list(dict.fromkeys(int(i) for i in input_ids)), dtype=torch.long)
-    cache = DynamicCache()
+    try:  # with the config, sliding-window layers (Gemma 3) keep a bounded cache
+        cache = DynamicCache(config=model.config)
+    except TypeError:
+        cache = DynamicCache()
     # transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated); accept both.
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.inference_mode():

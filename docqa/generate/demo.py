@@ -42,6 +42,8 @@ MANIFEST = "docqa-demo.json"
 CACHE_FORMAT = 1
 # Text after which a base model has finished answering and starts inventing the next Q&A pair.
 STOP_STRINGS = ("\n\n", "\nQuestion:", "\nAnswer:")
+# A user turn containing one of these already labels its question (English or Chinese prompt templates).
+QUESTION_LABELS = ("question:", "问题：", "问题:")
 
 
 def default_cache_dir() -> Path:
@@ -254,7 +256,7 @@ class DemoGenerator(Generator):
             content = m["content"].strip()
             if m["role"] == "assistant":
                 parts.append(f"Answer: {content}")
-            elif m["role"] == "user" and "question:" not in content.lower():
+            elif m["role"] == "user" and not any(label in content.lower() for label in QUESTION_LABELS):
                 parts.append(f"Question: {content}")
             else:
                 parts.append(content)

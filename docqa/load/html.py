@@ -15,6 +15,8 @@ Limits: no CSS rendering (text hidden by stylesheets stays), no JavaScript (clie
 
 from __future__ import annotations
 
+import warnings
+
 import re
 from pathlib import Path
 from typing import Any
@@ -121,9 +123,13 @@ class _Builder:
         return "".join(self.parts).rstrip()
 
 
+_CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "complementary"})
+
+
 def _is_hidden(tag: Any) -> bool:
+    """Invisible elements, and page chrome marked by ARIA role (Sphinx's navigation bars are plain divs)."""
     attrs = tag.attrs or {}
-    return ("hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true"
+    return (str(attrs.get("role", "")).lower() in _CHROME_ROLES or "hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true"
             or bool(_HIDDEN_STYLE.search(str(attrs.get("style", "")))))
 
 
@@ -131,7 +137,9 @@ def html_to_document(source: str, html: str, encoding: str) -> Document:
     from bs4 import BeautifulSoup, NavigableString, Tag
     from bs4.element import CData
 
-    soup = BeautifulSoup(html, "lxml")
+    with warnings.catch_warnings():  # XHTML pages with an XML declaration parse fine as HTML
+        warnings.simplefilter("ignore")
+        soup = BeautifulSoup(html, "lxml")
     meta: dict[str, Any] = {"format": "html", "encoding": encoding}
     if soup.title and soup.title.get_text(strip=True):
         meta["title"] = " ".join(soup.title.get_text().split())
@@ -153,13 +161,15 @@ def html_to_document(source: str, html: str, encoding: str) -> Document:
             name = child.name
             if name in drop or (name in CHROME_TAGS and not in_content) or (child.attrs and _is_hidden(child)):
                 continue
+            if name == "a" and "headerlink" in (child.get("class") or ()):  # Sphinx's "¶" permalinks
+                continue
             if name in ("article", "main"):  # inside these, header/footer belong to the content
                 out.brk(2)
                 walk(child, pre, True)
                 out.brk(2)
                 continue
             if name in HEADINGS:
-                title = " ".join(child.get_text(" ").split())
+                title = " ".join(child.get_text(" ").split()).rstrip("¶").strip()
                 out.brk(2)
                 if title:
                     level = HEADINGS[name]

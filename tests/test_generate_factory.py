@@ -1,0 +1,100 @@
+"""docqa.generate: which model `resolve_generator` picks, and that `get_generator` builds it (no model weights)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from docqa.config import Settings
+from docqa.errors import ConfigError, ModelError
+from docqa.generate import DEMO_NOTICE, get_generator, resolve_generator
+
+CHATGLM2_CONFIG = {"model_type": "chatglm", "num_layers": 2, "hidden_size": 64, "kv_channels": 16,
+                   "ffn_hidden_size": 128, "padded_vocab_size": 128, "num_attention_heads": 4,
+                   "multi_query_attention": True, "multi_query_group_num": 2, "seq_length": 256}
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    d = tmp_path / "chatglm2-6b"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(CHATGLM2_CONFIG))
+    return d
+
+
+@pytest.fixture
+def no_local_chatglm2(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(empty))  # an env path that is not a checkpoint: nothing found
+
+
+def test_auto_without_checkpoint_is_demo(no_local_chatglm2):
+    assert resolve_generator(Settings()) == ("demo", "gemma-3-270m")
+
+
+def test_auto_with_local_checkpoint_is_chatglm2(ckpt, monkeypatch):
+    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(ckpt))
+    assert resolve_generator(Settings()) == ("chatglm2", str(ckpt))
+    assert resolve_generator(Settings(llm="chatglm2")) == ("chatglm2", str(ckpt))
+
+
+def test_url_means_openai_unless_llm_is_explicit(ckpt, monkeypatch):
+    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(ckpt))
+    url = "http://127.0.0.1:8000/v1"
+    assert resolve_generator(Settings(llm_url=url)) == ("openai", url)  # beats the local checkpoint
+    assert resolve_generator(Settings(llm="openai", llm_url=url)) == ("openai", url)
+    assert resolve_generator(Settings(llm="demo", llm_url=url)) == ("demo", "gemma-3-270m")
+    assert resolve_generator(Settings(llm=str(ckpt), llm_url=url)) == ("chatglm2", str(ckpt))
+
+
+def test_paths_and_hub_ids(ckpt, tmp_path, no_local_chatglm2):
+    assert resolve_generator(Settings(llm=str(ckpt))) == ("chatglm2", str(ckpt))
+    assert resolve_generator(Settings(llm="THUDM/chatglm2-6b")) == ("chatglm2", "THUDM/chatglm2-6b")
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_generator(Settings(llm=str(tmp_path / "missing" / "chatglm2-6b")))
+    with pytest.raises(ConfigError, match="is a file"):
+        resolve_generator(Settings(llm=str(ckpt / "config.json")))
+
+
+@pytest.mark.parametrize("name", ["gpt-4", "chatglm", "llama"])
+def test_unknown_names_are_config_errors(name, no_local_chatglm2):
+    with pytest.raises(ConfigError, match="unknown model"):
+        resolve_generator(Settings(llm=name))
+
+
+def test_openai_without_url_and_chatglm2_without_checkpoint(no_local_chatglm2):
+    with pytest.raises(ConfigError, match="llm_url"):
+        resolve_generator(Settings(llm="openai"))
+    with pytest.raises(ConfigError, match="--model"):
+        resolve_generator(Settings(llm="chatglm2"))
+
+
+def test_get_generator_openai():
+    from docqa.generate.openai import OpenAIGenerator
+
+    gen = get_generator(Settings(llm="openai:qwen2", llm_url="http://127.0.0.1:9/", llm_api_key="k", max_context=3000))
+    assert isinstance(gen, OpenAIGenerator)
+    assert (gen.model, gen.api_key, gen.context_length) == ("qwen2", "k", 3000)
+    assert gen.endpoint == "http://127.0.0.1:9/v1/chat/completions"
+    assert get_generator(Settings(llm_url="http://127.0.0.1:9")).context_length == 8192
+
+
+def test_get_generator_chatglm2_goes_to_its_loader(ckpt):
+    # the folder has a config but no weights: the ChatGLM2 loader itself must be the one complaining
+    with pytest.raises(ModelError):
+        get_generator(Settings(llm=str(ckpt)))
+
+
+def test_demo_notice_says_how_to_switch():
+    assert "\n" not in DEMO_NOTICE
+    assert "--model" in DEMO_NOTICE and "DOCQA_LLM" in DEMO_NOTICE and "ChatGLM2-6B" in DEMO_NOTICE
+
+
+def test_import_is_light():
+    code = "import sys, docqa.generate; print(any(m == 'torch' or m.startswith(('torch.', 'transformers')) for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
