@@ -4,15 +4,15 @@
     >>> chat.ask("How do I install nginx?").text
     'Run apt-get install nginx [1].'
     >>> a = chat.ask("And where is its configuration file?")
-    >>> a.rewritten_query                        # what retrieval searched for
-    'where is nginx configuration file? (nginx install)'
+    >>> a.rewritten_query                        # what retrieval searched for (the demo model's rule)
+    'And where is its configuration file? (install nginx)'
 
 Follow-ups are rewritten into a standalone question for retrieval. A chat model (`generator.is_chat_model`) does
-it with a short greedy prompt (at most `REWRITE_TOKENS` new tokens); an empty or absurd rewrite (too long, several
-lines of prose, an answer instead of a question) falls back to the deterministic rule used for the demo base model:
-when the follow-up is short or refers back (它/那/这个/其/it/that/this/they/what about...), the content words of the
-previous standalone question that it lacks are appended to it. The model then sees the question as asked, after
-the kept history turns (docqa/prompt.py budgets them).
+it with a short greedy prompt (at most `REWRITE_TOKENS` new tokens); an empty or absurd rewrite (over 4x the question's
+length, or several lines of prose) falls back to the deterministic rule used for the demo base model:
+when the follow-up refers back (它/这个/那些/...呢/it/that/this/they/what about...) or names at most one thing
+("Windows?"), the content words of the previous standalone question that it lacks are appended to it. The model
+then sees the question as asked, after the kept history turns (docqa/prompt.py budgets them).
 
 History keeps question/answer turns only (passages are retrieved afresh each turn). A named session is saved after
 every turn as JSON under `settings.sessions_dir/NAME.json` (atomic replace) and resumed by loading the same name.
@@ -55,10 +55,11 @@ _NAME = re.compile(r"^[\w\-][\w.\-]{0,63}$")
 
 # -- follow-up rewriting ----------------------------------------------------------------------------------------
 
-_ZH_ANAPHOR = re.compile(r"它|他们|她们|那个|那些|这个|这些|那|这|其|该|此|上述|前者|后者|还有|呢\s*[？?]?\s*$")
+# Words that refer back to something said before. Bare 这/那/其 and English "there"/"and" are too common in
+# standalone questions to count anywhere; they count at the start only.
+_ZH_ANAPHOR = re.compile(r"它|他们|她们|那个|那些|这个|这些|该|此|上述|前者|后者|^\s*(?:那|这|那么|还有|另外)|呢\s*[？?]?\s*$")
 _EN_ANAPHOR = re.compile(
-    r"\b(?:it|its|it's|that|this|those|these|they|them|their|there|same|one|ones|what about|how about|and|also|"
-    r"instead|then|else)\b",
+    r"\b(?:it|its|it's|this|that|these|those|they|them|their)\b|^\s*(?:and|what about|how about|also|then|same)\b",
     re.IGNORECASE,
 )
 _EN_WORD = re.compile(r"[A-Za-z0-9][\w.+#/\-]*[\w+#]|[A-Za-z0-9]")
@@ -95,10 +96,9 @@ def content_words(text: str) -> list[str]:
 
 
 def looks_like_follow_up(question: str) -> bool:
-    """True when the question is short or refers back to something said before."""
-    if question_language(question) == "zh":
-        return bool(_ZH_ANAPHOR.search(question)) or len(content_words(question)) <= 2
-    return bool(_EN_ANAPHOR.search(question)) or len(content_words(question)) <= 3
+    """True when the question refers back (它/那个/...呢, it/they/what about...) or names at most one thing."""
+    anaphor = _ZH_ANAPHOR if question_language(question) == "zh" else _EN_ANAPHOR
+    return bool(anaphor.search(question)) or len(content_words(question)) <= 1
 
 
 def combine_follow_up(question: str, previous: str) -> str:
@@ -306,7 +306,10 @@ def print_sources(out: Console, answer: Answer) -> None:
         for n, h in answer.sources:
             out.print(f"  [cyan]{escape(source_line(n, h))}[/]")
     elif answer.passages:
-        out.print("[yellow]the answer cites no passage[/]")
+        # Small models often answer without [n] markers; still say where the material came from.
+        out.print("[bold]Sources[/] [yellow](the answer cites no passage; these were the best passages given to the model)[/]")
+        for n, h in enumerate(answer.passages[:3], 1):
+            out.print(f"  [cyan]{escape(source_line(n, h))}[/]")
     if answer.invalid_citations:
         nums = ", ".join(f"[{n}]" for n in answer.invalid_citations)
         out.print(f"[yellow]cites passages that do not exist: {escape(nums)}[/]")

@@ -173,3 +173,35 @@ def test_ask_end_to_end_with_the_demo_model(demo, kb_settings):
 
     none = ask("What is the airspeed velocity of an unladen swallow?", r, Exploding(), kb_settings)
     assert none.abstained
+
+
+def test_cli_ask_streams_the_answer_then_sources(kb_settings, monkeypatch):
+    from typer.testing import CliRunner
+
+    import docqa.generate
+    from docqa.cli import app
+
+    gen = Scripted(["Install it with", " `sudo apt install nginx` [1].", " Also [9]."])
+    monkeypatch.setattr(docqa.generate, "get_generator", lambda settings, progress=None: gen)
+    runner = CliRunner()
+    r = runner.invoke(app, ["ask", "How do I install nginx?", "--index", str(kb_settings.index), "--model", "demo",
+                            "-k", "2", "--temperature", "0.5"], catch_exceptions=False)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Install it with `sudo apt install nginx` [1]. Also [9]."
+    assert "Sources" in lines[1] and lines[2].strip() == "[1] nginx.md — nginx"
+    assert "do not exist: [9]" in r.stdout
+    assert "demo model" in r.stderr and gen.options[0].temperature == 0.5
+    assert gen.prompts[0][-1]["content"].count("] (") == 2  # -k 2: at most two passages
+
+    r = runner.invoke(app, ["ask", "How do I install nginx?", "--index", str(kb_settings.index), "--json"])
+    obj = json.loads(r.stdout)
+    assert obj["citations"] == [1] and obj["invalid_citations"] == [9]
+    assert obj["sources"][0]["source"].endswith("nginx.md") and obj["passages"][0]["tokens"] > 0
+    assert set(obj["timings"]) >= {"retrieval", "prompt", "first_token", "total"}
+
+    r = runner.invoke(app, ["ask", "What is the airspeed velocity of an unladen swallow?", "--index",
+                            str(kb_settings.index)])  # fmt: skip
+    assert r.exit_code == 0 and "Nothing in the knowledge base looks relevant" in r.stdout
+    r = runner.invoke(app, ["ask", "anything", "--index", str(kb_settings.index.parent / "missing")])
+    assert r.exit_code == 1 and "error" in r.stderr

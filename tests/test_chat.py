@@ -1,0 +1,255 @@
+"""docqa.chat: follow-up rewriting, sessions, and `docqa chat` scripted through stdin with the real demo model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from docqa.chat import (
+    Chat,
+    Session,
+    Turn,
+    combine_follow_up,
+    content_words,
+    looks_like_follow_up,
+    rewrite_question,
+)
+from docqa.config import Settings
+from docqa.errors import DocQAError
+from docqa.generate.base import Generator
+
+# -- rewriting --------------------------------------------------------------------------------------------------
+
+
+def test_content_words_drop_stop_words_in_both_languages():
+    assert content_words("How do I install nginx on Debian?") == ["install", "nginx", "Debian"]
+    words = content_words("怎么安装 nginx 服务器？")
+    assert "nginx" in words and "安装" in words and "怎么" not in words
+
+
+@pytest.mark.parametrize(
+    "q, follow",
+    [
+        ("那它的配置文件在哪？", True),
+        ("what about on Windows?", True),
+        ("Where is its configuration file?", True),
+        ("Windows?", True),
+        ("How do I create a Python virtual environment with venv?", False),
+        ("怎么用 tar 命令解压 gzip 压缩的归档文件？", False),
+        ("怎么安装 redis？", False),
+        ("How do I install redis?", False),
+        ("What is the difference between tar and gzip?", False),
+    ],
+)
+def test_looks_like_follow_up(q, follow):
+    assert looks_like_follow_up(q) is follow
+
+
+def test_combine_follow_up_adds_the_previous_topic():
+    assert combine_follow_up("what about on Windows?", "How do I install nginx?") == "what about on Windows? (install nginx)"
+    zh = combine_follow_up("那它的配置文件在哪？", "怎么安装 nginx？")
+    assert zh.startswith("那它的配置文件在哪？") and "nginx" in zh and "安装" in zh
+    assert combine_follow_up("install nginx?", "install nginx") == "install nginx?"
+
+
+class Rewriter(Generator):
+    """A chat model that answers the rewrite prompt with `reply`."""
+
+    is_chat_model = True
+
+    def __init__(self, reply: str):
+        self.reply, self.calls = reply, []
+
+    def stream(self, prompt, options=None):
+        self.calls.append((prompt, options))
+        yield self.reply
+
+
+def test_chat_models_rewrite_with_a_short_greedy_prompt():
+    gen = Rewriter("独立问题：nginx 的配置文件在哪里？")
+    turns = [("怎么安装 nginx？", "用 apt install nginx [1]。")]
+    assert rewrite_question("那它的配置文件在哪？", turns, "怎么安装 nginx？", gen) == "nginx 的配置文件在哪里？"
+    prompt, opts = gen.calls[0]
+    assert opts.temperature == 0 and opts.max_new_tokens <= 64
+    assert "怎么安装 nginx？" in prompt[0]["content"] and "那它的配置文件在哪？" in prompt[0]["content"]
+    # no history: nothing to rewrite, the model is not asked
+    assert rewrite_question("What is nginx?", [], None, gen) == "What is nginx?" and len(gen.calls) == 1
+
+
+@pytest.mark.parametrize("reply", ["", "   \n", "x" * 500, "Sure.\nHere is a long answer\nwith\nmany\nlines"])
+def test_absurd_rewrites_fall_back_to_the_rule(reply):
+    q = rewrite_question("what about on Windows?", [("How do I install nginx?", "apt")], "How do I install nginx?",
+                         Rewriter(reply))  # fmt: skip
+    assert q == "what about on Windows? (install nginx)"
+
+
+def test_base_models_use_the_rule_only_for_follow_ups():
+    base = Rewriter("never used")
+    base.is_chat_model = False
+    turns = [("How do I install nginx?", "apt")]
+    assert rewrite_question("what about it?", turns, "How do I install nginx?", base) == "what about it? (install nginx)"
+    standalone = "How do I create a Python virtual environment with venv?"
+    assert rewrite_question(standalone, turns, "How do I install nginx?", base) == standalone
+    assert base.calls == []
+
+
+# -- sessions ---------------------------------------------------------------------------------------------------
+
+
+def test_session_save_and_load_round_trip(tmp_path):
+    s = Session.load(tmp_path, "work")
+    assert s.turns == []
+    s.turns.append(Turn("怎么安装？", "用 apt [1]。", rewritten=None, citations=[1],
+                        sources=[{"n": 1, "source": "/d/a.md", "page": None, "section": ""}]))  # fmt: skip
+    path = s.save()
+    assert path == tmp_path / "work.json" and sorted(p.name for p in tmp_path.iterdir()) == ["work.json"]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["version"] == 1 and data["turns"][0]["question"] == "怎么安装？"
+    again = Session.load(tmp_path, "work")
+    assert again.turns == s.turns
+
+
+def test_session_names_and_damaged_files_are_clear_errors(tmp_path):
+    for bad in ("../evil", "a/b", "", ".hidden"):
+        with pytest.raises(DocQAError):
+            Session.load(tmp_path, bad)
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(DocQAError, match="broken.json"):
+        Session.load(tmp_path, "broken")
+
+
+class FakeRetriever:
+    def __init__(self):
+        self.queries = []
+
+    def search(self, query, k=None, mode=None):
+        from docqa.documents import Hit
+
+        self.queries.append(query)
+        return [Hit(chunk_id=1, score=1.0, source="/d/a.md", text="apt installs packages", rank=1)]
+
+    def is_relevant(self, query, hits):
+        return True
+
+
+class Echo(Generator):
+    is_chat_model = False
+
+    def stream(self, prompt, options=None):
+        yield "Use apt [1]."
+
+
+def test_chat_records_turns_and_feeds_history(tmp_path):
+    r = FakeRetriever()
+    chat = Chat(r, Echo(), Settings(), Session.load(tmp_path, "t"))
+    chat.ask("How do I install nginx?")
+    a = chat.ask("what about it?")
+    assert r.queries == ["How do I install nginx?", "what about it? (install nginx)"]
+    assert a.rewritten_query == "what about it? (install nginx)"
+    assert chat.history() == [("How do I install nginx?", "Use apt [1]."), ("what about it?", "Use apt [1].")]
+    assert len(Session.load(tmp_path, "t").turns) == 2  # saved after each turn
+    chat.reset()
+    assert Session.load(tmp_path, "t").turns == [] and chat.last_answer is None
+
+
+# -- docqa chat, scripted through stdin, real knowledge base and demo model -------------------------------------
+
+DOCS = {
+    "nginx.md": "# nginx\n\nInstall nginx with `sudo apt install nginx`. The web server starts automatically.\n\n"
+    "The nginx configuration file is /etc/nginx/nginx.conf. After editing it, run `sudo nginx -s reload`.\n",
+    "postgres.md": "# PostgreSQL\n\nInstall PostgreSQL with `sudo apt install postgresql`. The database starts "
+    "automatically.\n\nThe PostgreSQL configuration file is /etc/postgresql/15/main/postgresql.conf.\n",
+    "redis.md": "# Redis\n\nInstall Redis with `sudo apt install redis-server`. Redis listens on port 6379.\n\n"
+    "The Redis configuration file is /etc/redis/redis.conf. Restart redis-server after editing it.\n",
+}
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from docqa.generate.demo import DemoGenerator
+
+    return DemoGenerator()
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory, embedder):
+    from docqa.ingest import ingest
+
+    root = tmp_path_factory.mktemp("chat")
+    (root / "docs").mkdir()
+    for name, text in DOCS.items():
+        (root / "docs" / name).write_text(text, encoding="utf-8")
+    ingest([root / "docs"], Settings(index=root / "kb"), embedder=embedder)
+    return root / "kb"
+
+
+@pytest.fixture
+def cli(demo, kb, tmp_path, monkeypatch):
+    """Run `docqa chat` with stdin lines; the demo model is loaded once per module, not per command."""
+    import docqa.generate
+    from docqa.cli import app
+
+    monkeypatch.setattr(docqa.generate, "get_generator", lambda settings, progress=None: demo)
+    monkeypatch.setenv("DOCQA_SESSIONS_DIR", str(tmp_path / "sessions"))
+    monkeypatch.setenv("DOCQA_MAX_NEW_TOKENS", "16")
+
+    def run(lines: list[str], *args: str):
+        r = runner.invoke(app, ["chat", "--index", str(kb), "--model", "demo", "--temperature", "0", *args],
+                          input="".join(line + "\n" for line in lines), catch_exceptions=False)  # fmt: skip
+        assert r.exit_code == 0, r.output
+        return r
+
+    run.sessions = tmp_path / "sessions"
+    return run
+
+
+def json_lines(r) -> list[dict]:
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def test_scripted_chat_rewrites_the_follow_up_for_retrieval(cli):
+    r = cli(["How do I install nginx?", "Where is its configuration file?", "/history", "/sources", "/reset",
+             "/history", "/exit", "Never asked?"], "--json")  # fmt: skip
+    first, second, hist, sources, reset, hist2 = json_lines(r)
+    assert first["rewritten_query"] is None and first["passages"][0]["source"].endswith("nginx.md")
+    # alone, "Where is its configuration file?" matches every document equally; with the first turn it is nginx's
+    assert "nginx" in second["rewritten_query"] and second["rewritten_query"].startswith("Where is its configuration")
+    assert second["passages"][0]["source"].endswith("nginx.md")
+    assert "/etc/nginx/nginx.conf" in second["passages"][0]["text"]
+    assert [t["question"] for t in hist["turns"]] == ["How do I install nginx?", "Where is its configuration file?"]
+    assert sources["command"] == "sources"
+    assert reset["command"] == "reset" and hist2["turns"] == []
+    assert "Never asked" not in r.stdout  # /exit ended the loop
+    assert "demo model" in r.stderr  # DEMO_NOTICE, once, on stderr
+    assert r.stderr.count("built-in demo model") == 1
+
+
+def test_verbose_shows_the_standalone_question_and_sources(cli):
+    r = cli(["How do I install nginx?", "Where is its configuration file?"], "--verbose")
+    assert "standalone question: Where is its configuration file? (install nginx)" in " ".join(r.stderr.split())
+    assert "prompt " in r.stderr and "tokens" in r.stderr
+
+
+def test_session_is_saved_and_resumed(cli):
+    cli(["How do I install nginx?"], "--session", "ops", "--json")
+    saved = json.loads((cli.sessions / "ops.json").read_text(encoding="utf-8"))
+    assert [t["question"] for t in saved["turns"]] == ["How do I install nginx?"]
+    r = cli(["/history", "Where is its configuration file?"], "--session", "ops", "--json")
+    hist, answer = json_lines(r)
+    assert [t["question"] for t in hist["turns"]] == ["How do I install nginx?"]
+    assert "nginx" in answer["rewritten_query"] and answer["passages"][0]["source"].endswith("nginx.md")
+    assert len(json.loads((cli.sessions / "ops.json").read_text(encoding="utf-8"))["turns"]) == 2
+    # a new, unnamed chat knows nothing of it
+    r = cli(["Where is its configuration file?"], "--json")
+    assert json_lines(r)[0]["rewritten_query"] is None
+
+
+def test_bad_session_name_fails_cleanly(cli, demo, kb):
+    from docqa.cli import app
+
+    r = runner.invoke(app, ["chat", "--index", str(kb), "--session", "../x"], input="")
+    assert r.exit_code == 1 and "session name" in r.stderr
