@@ -339,5 +339,33 @@ def chat_command(
         raise _fail(e) from None
 
 
+@app.command("eval")
+def eval_command(
+    qa_file: Annotated[Path, typer.Argument(help="JSONL: {question, keywords: [...]} and/or {question, source, page}")],
+    index: IndexOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="Comma-separated modes to compare: dense,bm25,hybrid")] = "dense,bm25,hybrid",
+    as_json: JsonOpt = False,
+) -> None:
+    """Score retrieval on questions with known answers: hit@1/3/5/10 and MRR@10 per language and mode."""
+    from .evaluate import KS, run_eval
+
+    try:
+        report = run_eval(qa_file, _settings(index=index), mode)
+    except DocQAError as e:
+        raise _fail(e) from None
+    if as_json:
+        print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)
+        return
+    from rich.table import Table
+
+    cols = [f"hit@{k}" for k in KS] + ["mrr@10"]
+    t = Table("mode", "questions", *cols, "ms/query", box=None)
+    for m, res in report.modes.items():
+        for group in [g for g in ("zh", "en") if g in res] + ["overall"]:
+            row = res[group]
+            t.add_row(m, f"{group} ({row['n']})", *(f"{row[c]:.3f}" for c in cols), f"{res['latency_ms']:.1f}")
+    out.print(t)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -1,0 +1,229 @@
+"""docqa.retrieve over small real knowledge bases (real embedder): fusion, hygiene, relevance, snapshots."""
+
+import pytest
+
+from docqa.config import Settings
+from docqa.ingest import ingest
+from docqa.retrieve import (
+    Retriever,
+    bm25_confidence,
+    dense_confidence,
+    detect_language,
+    fusion_weights,
+    open_retriever,
+)
+from docqa.store import KnowledgeBase
+
+# A second folder, richer than conftest's docs_dir: more Chinese passages to rank, a paragraph repeated in two
+# files (near-duplicate across formats), and a long document for neighbour expansion.
+ZH_DOCS = {
+    "grep.txt": "grep 命令\n\ngrep 在文件中搜索匹配给定模式的行。\n\n-i 选项：忽略大小写的区别，搜索时不区分大小写。\n\n"
+    "-v 选项：反转匹配，只显示不匹配的行。\n\n-w 选项：只选择整个单词都匹配的行。\n",
+    "apt.txt": "软件包管理\n\n要把整个系统升级到最新，请执行 apt-get update 然后执行 apt-get dist-upgrade。\n\n"
+    "要阻止一个软件包被升级，可以使用 apt-mark hold 命令把它标记为保持。\n",
+    "kernel.txt": "内核模块\n\n开机时要加载的内核模块列在 /etc/modules 文件里，每行一个模块名。\n\n"
+    "旧内核不再需要时，可以用 apt-get remove 删除对应的 linux-image 软件包。\n",
+}
+EN_DUP = (
+    "Sorting HOW TO. Python lists have a built-in list.sort() method that modifies the list in-place. There is "
+    "also a sorted() built-in function that builds a new sorted list from an iterable. Both accept a key "
+    "function and a reverse flag; reverse=True sorts from largest to smallest while keeping the sort stable."
+)
+LONG = "\n\n".join(
+    f"Paragraph {i}. " + " ".join(f"filler{i}x{j}" for j in range(30)) + (" The secret word is zebracorn." if i == 6 else "")
+    for i in range(12)
+)
+
+
+@pytest.fixture(scope="module")
+def kb_dir(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("retrieve")
+    docs = root / "docs"
+    docs.mkdir()
+    for name, text in ZH_DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    (docs / "sorting.md").write_text("# Sorting\n\n" + EN_DUP + "\n", encoding="utf-8")
+    (docs / "sorting-copy.html").write_text(f"<html><body><h1>Sorting</h1><p>{EN_DUP}</p></body></html>", encoding="utf-8")
+    (docs / "long.txt").write_text(LONG, encoding="utf-8")
+    s = Settings(index=root / "kb", chunk_tokens=64, chunk_overlap=16, file_timeout=30)
+    report = ingest([docs], s, embedder=embedder)
+    assert not report.failed
+    return s
+
+
+@pytest.fixture
+def retriever(kb_dir, embedder):
+    kb = KnowledgeBase.open(kb_dir.index)
+    yield Retriever(kb, embedder, kb_dir)
+    kb.close()
+
+
+def test_detect_language():
+    assert detect_language("怎么解压 tar.gz 文件？") == "zh"
+    assert detect_language("grep 的 -w 选项是什么意思？") == "zh"
+    assert detect_language("How do I use tar -xzf?") == "en"
+    assert detect_language("") == "en"
+
+
+def test_fusion_weights_follow_language_and_confidence():
+    s = Settings()
+    en = frozenset({"en"})
+    wd_zh, wb_zh = fusion_weights("怎么解压文件？", en, s)
+    wd_en, wb_en = fusion_weights("How do I extract a file?", en, s)
+    assert wd_zh < 0.1 * wd_en and wb_zh == wb_en == 1.0
+    # a multilingual embedder keeps the dense weight for Chinese
+    assert fusion_weights("怎么解压文件？", frozenset({"en", "zh"}), s)[0] == wd_en
+    # configured weights scale the result
+    assert fusion_weights("How?", en, s.replace(dense_weight=0.5, bm25_weight=2.0)) == (0.5, 2.0)
+    # a peaked list earns more weight than a flat one
+    flat, peaked = [0.50, 0.49, 0.49, 0.48, 0.48], [0.80, 0.40, 0.39, 0.38, 0.37]
+    assert dense_confidence(peaked) > dense_confidence(flat)
+    assert bm25_confidence([20.0, 5, 4, 4, 3]) > bm25_confidence([5.0, 4.9, 4.8, 4.7, 4.6])
+    wd1, wb1 = fusion_weights("How?", en, s, dense_scores=peaked, bm25_scores=[5.0, 4.9, 4.8])
+    assert wd1 > wb1
+
+
+def test_chinese_query_finds_chinese_passage(retriever):
+    for mode in ("bm25", "hybrid"):
+        hits = retriever.search("grep 搜索时怎么不区分大小写？", k=3, mode=mode)
+        assert hits and hits[0].location == "grep.txt" and "忽略大小写" in hits[0].text, mode
+        assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert retriever.last_weights[0] < 0.1 * retriever.last_weights[1]  # dense barely counts for Chinese
+
+
+def _rank_of(hits, needle):
+    return next((h.rank for h in hits if needle in h.text), 99)
+
+
+@pytest.mark.parametrize(
+    "question, needle",
+    [
+        ("怎么只显示不匹配的行？", "反转匹配"),
+        ("不想让某个软件包被升级怎么办？", "apt-mark hold"),
+        ("开机加载的内核模块写在哪个文件？", "/etc/modules"),
+        ("怎么把系统升级到最新？", "dist-upgrade"),
+    ],
+)
+def test_hybrid_never_worse_than_bm25_for_chinese(retriever, question, needle):
+    bm25 = _rank_of(retriever.search(question, k=5, mode="bm25"), needle)
+    hybrid = _rank_of(retriever.search(question, k=5, mode="hybrid"), needle)
+    assert bm25 <= 5 and hybrid <= bm25
+
+
+def test_english_hybrid_uses_both_signals(retriever):
+    hits = retriever.search("How do I sort a list from largest to smallest?", k=3, mode="hybrid")
+    best = next(h for h in hits if "reverse=True" in h.text)
+    assert {"rrf", "dense", "bm25"} <= set(best.scores)
+    assert retriever.last_weights[0] > 0 and retriever.last_timings["retrieval"] > 0
+
+
+def test_near_identical_text_from_two_files_counted_once(retriever):
+    hits = retriever.search("sorted built-in function reverse flag stable", k=5, mode="hybrid")
+    dup = [h for h in hits if "builds a new sorted list" in h.text]
+    assert len(dup) == 1
+    # without de-duplication both copies are in the candidate pool
+    with retriever.kb.snapshot():
+        ids = [c for c, _ in retriever.kb.lexical.search("sorted built-in function reverse flag stable", 10)]
+        rows = retriever.kb.chunks(ids)
+    assert len({r.source for r in rows.values() if "builds a new sorted list" in r.text}) == 2
+
+
+def test_overlapping_chunks_of_one_document_counted_once(retriever):
+    hits = retriever.search("filler6x3 filler6x20 zebracorn", k=10, mode="bm25")
+    spans = [(h.document_id, h.ordinal) for h in hits]
+    assert len(spans) == len(set(spans))
+    rows = {}
+    with retriever.kb.snapshot():
+        rows = retriever.kb.chunks(h.chunk_id for h in hits)
+    taken = [rows[h.chunk_id] for h in hits]  # in rank order
+    for i, b in enumerate(taken):
+        for a in taken[:i]:
+            if a.document_id == b.document_id:  # a later hit may overlap an earlier one by at most half its span
+                assert min(a.end, b.end) - max(a.start, b.start) <= (b.end - b.start) / 2
+
+
+def test_mostly_overlapping_rule():
+    from docqa.store import ChunkRow
+
+    def row(doc, start, end):
+        return ChunkRow(id=start, document_id=doc, ordinal=0, text="", page=None, section="", start=start, end=end,
+                        n_tokens=0, source="a")  # fmt: skip
+
+    taken = [row(1, 0, 100)]
+    assert Retriever._mostly_overlaps(row(1, 40, 120), taken)  # 60 of 80 characters already shown
+    assert not Retriever._mostly_overlaps(row(1, 80, 200), taken)  # the splitter's usual overlap: kept
+    assert not Retriever._mostly_overlaps(row(2, 0, 100), taken)  # another document
+
+
+def test_neighbours_expand_without_repeating_the_overlap(kb_dir, embedder):
+    kb = KnowledgeBase.open(kb_dir.index)
+    try:
+        plain = Retriever(kb, embedder, kb_dir).search("zebracorn", k=1, mode="bm25")[0]
+        wide = Retriever(kb, embedder, kb_dir.replace(neighbours=1)).search("zebracorn", k=1, mode="bm25")[0]
+        with kb.snapshot():
+            around = kb.neighbours(plain.document_id, [plain.ordinal - 1, plain.ordinal + 1])
+    finally:
+        kb.close()
+    assert wide.chunk_id == plain.chunk_id and plain.text in wide.text and len(wide.text) > len(plain.text)
+    assert around  # the document has neighbours on at least one side
+    for r in around.values():
+        assert r.text[-20:] in wide.text or r.text[:20] in wide.text
+    # the overlap between consecutive chunks appears once: every filler word at most once
+    words = [w for w in wide.text.split() if w.startswith("filler")]
+    assert len(words) == len(set(words))
+
+
+@pytest.mark.parametrize("question", ["grep 怎么忽略大小写？", "How do I sort a list in reverse order?"])
+def test_is_relevant_on_topic(retriever, question):
+    for mode in ("hybrid", "bm25"):
+        assert retriever.is_relevant(question, retriever.search(question, mode=mode)), mode
+
+
+@pytest.mark.parametrize(
+    "question", ["What is the capital of France?", "how do I bake bread", "今天天气怎么样？", "怎么做红烧肉？"]
+)
+def test_is_relevant_off_topic(retriever, question):
+    for mode in ("hybrid", "bm25"):
+        assert not retriever.is_relevant(question, retriever.search(question, mode=mode)), mode
+    assert not retriever.is_relevant(question, [])
+
+
+def test_min_relevance_override(retriever):
+    q = "How do I sort a list in reverse order?"
+    hits = retriever.search(q)
+    best = max(h.scores["dense"] for h in hits)
+    r = Retriever(retriever.kb, retriever.embedder, retriever.settings.replace(min_relevance=best + 0.01))
+    assert not r.is_relevant(q, hits)
+    r = Retriever(retriever.kb, retriever.embedder, retriever.settings.replace(min_relevance=best - 0.01))
+    assert r.is_relevant(q, hits)
+
+
+def test_results_consistent_inside_a_snapshot(docs_dir, tmp_path, embedder):
+    s = Settings(index=tmp_path / "kb", file_timeout=30)
+    ingest([docs_dir], s, embedder=embedder)
+    r = open_retriever(s)
+    q = "tar 怎么解压 gzip 压缩的归档？"
+    try:
+        with r.kb.snapshot():
+            before = [(h.chunk_id, h.text) for h in r.search(q, mode="hybrid")]
+            extra = tmp_path / "more"
+            extra.mkdir()
+            (extra / "tar2.txt").write_text("解压 gzip 归档：tar -xzvf 归档.tar.gz 解压 gzip 压缩 归档 tar", encoding="utf-8")
+            ingest([docs_dir, extra], s, embedder=embedder)  # another handle commits meanwhile
+            during = [(h.chunk_id, h.text) for h in r.search(q, mode="hybrid")]
+        after = r.search(q, mode="hybrid")
+    finally:
+        r.kb.close()
+    assert during == before
+    assert any(h.location == "tar2.txt" for h in after)
+    assert not any("tar2" in t for _, t in before)
+
+
+def test_modes_and_errors(retriever):
+    from docqa.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        retriever.search("x", mode="vector")
+    assert retriever.search("   ") == []
+    dense = retriever.search("How do I sort a list?", k=2, mode="dense")
+    assert len(dense) == 2 and set(dense[0].scores) == {"dense"} and dense[0].score >= dense[1].score
