@@ -110,6 +110,78 @@ def test_hybrid_never_worse_than_bm25_for_chinese(retriever, question, needle):
     assert bm25 <= 5 and hybrid <= bm25
 
 
+class _FakeIndex:
+    """Stands in for the FAISS IndexIDMap2: reconstruct(id) -> stored vector, RuntimeError when absent."""
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    def reconstruct(self, cid):
+        if cid not in self.vectors:
+            raise RuntimeError(f"key {cid} not found")
+        return self.vectors[cid]
+
+
+class _FakeKB:
+    def __init__(self, vectors):
+        self.index = _FakeIndex(vectors)
+
+
+def _feedback_case(vectors, bm25):
+    """Run Retriever._feedback over BM25-only candidates (as for a Chinese question) and return the new order."""
+    import numpy as np
+
+    from docqa.retrieve import _Candidate
+
+    r = Retriever(_FakeKB({k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}), None, Settings())
+    ranked = [_Candidate(cid, bm25=s, bm25_rank=i, fused=1.0 / (61 + i)) for i, (cid, s) in enumerate(bm25)]
+    before = [c.fused for c in ranked]
+    r._feedback(ranked, bm25)
+    assert [c.fused for c in ranked] == before  # passages take over the scores of their new places
+    return ranked
+
+
+def test_feedback_lifts_passages_that_agree_with_the_top_bm25_matches():
+    from docqa.retrieve import FEEDBACK_DEPTH
+
+    on, off = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    vectors = {1: on, 2: on, 3: on, 4: off, 5: [0.9, 0.1, 0.0]}
+    # 5 is about what the top three are about; 4 scores a little higher on BM25 but is about something else
+    ranked = _feedback_case(vectors, [(1, 10.0), (2, 9.0), (3, 8.0), (4, 7.9), (5, 7.8)])
+    order = [c.chunk_id for c in ranked]
+    assert order.index(5) < order.index(4) and order[0] == 1
+    assert ranked[order.index(4)].feedback == pytest.approx(0.0, abs=1e-6)
+    # only the first FEEDBACK_DEPTH are re-ordered: a passage below them stays where BM25 put it
+    many = [(i, 20.0 - i) for i in range(1, FEEDBACK_DEPTH + 1)] + [(99, 5.0)]
+    vecs = {i: off for i in range(1, FEEDBACK_DEPTH + 1)} | {1: on, 2: on, 3: on, 99: on}
+    ranked = _feedback_case(vecs, many)
+    assert ranked[-1].chunk_id == 99 and ranked[-1].feedback is None
+    assert {c.chunk_id for c in ranked[:FEEDBACK_DEPTH]} == set(range(1, FEEDBACK_DEPTH + 1))
+    # a vector missing from the index leaves the BM25 order untouched
+    del vectors[4]
+    ranked = _feedback_case(vectors, [(1, 10.0), (2, 9.0), (3, 8.0), (4, 7.9), (5, 7.8)])
+    assert [c.chunk_id for c in ranked] == [1, 2, 3, 4, 5]
+
+
+def test_feedback_only_reorders_the_bm25_head_of_chinese_questions(retriever, monkeypatch):
+    import docqa.retrieve as R
+
+    q = "怎么把系统升级到最新？"
+    bm25 = retriever.search(q, k=10, mode="bm25")
+    hybrid = retriever.search(q, k=10, mode="hybrid")
+    n = len(bm25)
+    assert n >= 2  # the BM25 matches come first, re-ordered among themselves; dense-only passages follow
+    assert {h.chunk_id for h in hybrid[:n]} == {h.chunk_id for h in bm25}
+    assert all("feedback" in h.scores for h in hybrid[:n]) and not any("feedback" in h.scores for h in hybrid[n:])
+    assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+    monkeypatch.setattr(R, "FEEDBACK_WEIGHT", 0.0)
+    assert [h.chunk_id for h in retriever.search(q, k=10, mode="hybrid")][:n] == [h.chunk_id for h in bm25]
+    monkeypatch.undo()
+    # English questions are fused as before: no feedback step
+    en = retriever.search("How do I sort a list from largest to smallest?", k=5, mode="hybrid")
+    assert en and not any("feedback" in h.scores for h in en)
+
+
 def test_english_hybrid_uses_both_signals(retriever):
     hits = retriever.search("How do I sort a list from largest to smallest?", k=3, mode="hybrid")
     best = next(h for h in hits if "reverse=True" in h.text)
