@@ -33,6 +33,9 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 
+fuzz: venv  # a long fuzz run of every loader; findings land in tests/regressions/ (FUZZ_EXAMPLES per loader)
+	DOCQA_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
 eval: venv
 	$(BIN)/docqa ingest corpora/sample --index $(INDEX)
 	$(BIN)/docqa eval corpora/dev_qa.jsonl --index $(INDEX) --mode dense,bm25,hybrid

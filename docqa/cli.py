@@ -227,7 +227,10 @@ def verify(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
         s = _settings(index=index)
         with KnowledgeBase.open(s.index, validate=False) as kb:
             problems = kb.verify()
-            counts = {"documents": len(kb.documents()), "chunks": kb.chunk_count(), "generation": kb.generation}
+            try:
+                counts = {"documents": len(kb.documents()), "chunks": kb.chunk_count(), "generation": kb.generation}
+            except DocQAError:  # a damaged database: the problems above already say what is wrong
+                counts = {"documents": 0, "chunks": 0, "generation": -1}
     except DocQAError as e:
         if as_json:
             print(json.dumps({"healthy": False, "problems": [{"level": "error", "message": str(e)}]}))

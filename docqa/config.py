@@ -33,7 +33,7 @@ class Settings:
     follow_symlinks: bool = False
     file_timeout: float = 120.0  # seconds one file may take to parse
     file_memory_mb: int = 2048  # address-space cap of the parsing worker
-    max_file_mb: int = 512  # larger files are skipped with a reason
+    max_file_mb: int = 100  # larger files are skipped with a reason (a 200 MB log would be ~1M chunks)
     # chunking (in embedding-model tokens; capped at the model's max sequence length)
     chunk_tokens: int = 200
     chunk_overlap: int = 40

@@ -219,6 +219,7 @@ def ingest(
     t0 = time.perf_counter()
     report = IngestReport()
     emit = progress or (lambda *a, **k: None)
+    KnowledgeBase.check_unlocked(settings.index)  # fail at once, not after seconds spent loading the model
     files, report.skipped, roots = collect_files(paths, settings.include_hidden, settings.follow_symlinks)
     embedder = embedder or get_embedder(settings.embed_model, settings.embed_device)
     with KnowledgeBase.open(

@@ -240,15 +240,35 @@ class KnowledgeBase:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise KnowledgeBase._locked_error(fd, path) from None
             finally:
                 os.close(fd)
-            raise StoreLockedError(
-                f"knowledge base is locked by PID {pid} (another ingest/remove is running on {path})"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         return fd
+
+    @staticmethod
+    def _locked_error(fd: int, path: Path) -> StoreLockedError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return StoreLockedError(f"knowledge base is locked by PID {pid} (another ingest/remove is running on {path})")
+
+    @staticmethod
+    def check_unlocked(path: str | Path) -> None:
+        """Raise StoreLockedError now if another writer holds the knowledge base at `path`.
+
+        A cheap probe (nothing is kept locked) so a second ingest fails at once instead of after loading its
+        model; `open(writable=True)` still takes the lock for real."""
+        path = Path(path)
+        try:
+            fd = os.open(path / LOCK_NAME, os.O_RDWR)
+        except OSError:
+            return  # no lock file yet (a new knowledge base), or unreadable: open() will say so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
+        except BlockingIOError:
+            raise KnowledgeBase._locked_error(fd, path) from None
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _connect(db: Path) -> sqlite3.Connection:
@@ -425,11 +445,25 @@ class KnowledgeBase:
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     # ---------------------------------------------------------------- reading
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn SQLite's damage reports into StoreError, so commands print a message instead of a traceback."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:  # locked, I/O error...: not (necessarily) damage
+            raise StoreError(f"cannot read {self.path / DB_NAME}: {e}") from None
+        except sqlite3.DatabaseError as e:  # SQLITE_CORRUPT / SQLITE_NOTADB, from a page first read now
+            raise StoreCorruptError(
+                f"{self.path / DB_NAME} is damaged ({e}); the database cannot be repaired by rebuild: delete the "
+                "folder and run `docqa ingest` again"
+            ) from None
+
     def documents(self) -> list[DocumentInfo]:
-        rows = self.conn.execute(
-            "SELECT path, status, chunks, root, sha256, size, mtime_ns, error, pages, title, updated_at, id "
-            "FROM documents ORDER BY path"
-        ).fetchall()
+        with self._reading():
+            rows = self.conn.execute(
+                "SELECT path, status, chunks, root, sha256, size, mtime_ns, error, pages, title, updated_at, id "
+                "FROM documents ORDER BY path"
+            ).fetchall()
         return [DocumentInfo(*r) for r in rows]
 
     def document(self, path: str) -> DocumentInfo | None:
@@ -466,7 +500,8 @@ class KnowledgeBase:
         return {r[2]: ChunkRow(*r) for r in self.conn.execute(q, [document_id, *ordinals])}
 
     def chunk_count(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        with self._reading():
+            return self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
     def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 vectors) in batches, from the copies kept in SQLite."""
@@ -496,6 +531,12 @@ class KnowledgeBase:
                     p.unlink()
         with contextlib.suppress(OSError):
             (self.path / (MANIFEST_NAME + ".tmp")).unlink()
+        if not (self.path / MANIFEST_NAME).exists():
+            # a crash while creating the knowledge base, between its first commit and the first manifest write;
+            # the manifest is only a summary of the database, so it is written afresh
+            with contextlib.suppress(OSError):  # no room: open() then reports the missing manifest
+                self._write_manifest()
+            return
         # The manifest may lag one commit behind after a crash; bring it up to date.
         try:
             self._check_manifest()
@@ -514,11 +555,17 @@ class KnowledgeBase:
         try:
             yield b
             b._commit()
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
             self._index = None  # the in-memory index may hold uncommitted changes: reload from disk
             self._index_generation = -1
+            if isinstance(e, sqlite3.Error):  # e.g. SQLITE_FULL while the transaction spills to the WAL
+                raise StoreError(
+                    f"could not write the database: {e}; the knowledge base is unchanged (generation "
+                    f"{self.generation})"
+                ) from None
             raise
 
     def remove_documents(self, paths: Iterable[str]) -> int:
@@ -531,6 +578,16 @@ class KnowledgeBase:
         import faiss
 
         self._require_writer()
+        bad = self.conn.execute(
+            "SELECT DISTINCT d.path FROM chunks c JOIN documents d ON d.id = c.document_id WHERE length(c.vector) != ?",
+            (self.dim * 2,),
+        ).fetchall()
+        if bad:  # the stored copies are what rebuild restores from: these cannot be restored, only re-embedded
+            paths = ", ".join(r[0] for r in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise StoreCorruptError(
+                f"stored vectors are damaged for {len(bad)} documents ({paths}); remove them with `docqa remove` "
+                "and ingest them again, then run `docqa rebuild`"
+            )
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         for ids, vecs in self.iter_vectors():
             faiss.normalize_L2(vecs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def check_zip(path: Path) -> None:
                         "utf-8", "ignore")
                     if "<!DOCTYPE" in probe.upper() or "<!ENTITY" in probe.upper():
                         raise LoadError(f"DOCX part {i.filename} has a DTD (XML entity bomb?)")
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError, zlib.error) as e:
+        # a damaged directory makes zipfile seek to negative offsets (OSError), read past the end (EOFError), meet
+        # unknown compression (NotImplementedError) or encryption (RuntimeError)
         raise LoadError(f"corrupt DOCX ({e})") from None
     except UnicodeDecodeError:
         raise LoadError("corrupt DOCX (undecodable XML part)") from None
@@ -130,8 +133,12 @@ def load_docx(path: Path, data: bytes | None = None) -> Document:
 
     try:
         d = docx.Document(str(path))
-    except (PackageNotFoundError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    except (PackageNotFoundError, KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError, NotImplementedError,
+            RuntimeError, zlib.error) as e:
         raise LoadError(f"corrupt DOCX ({type(e).__name__}: {e})") from None
+    if d.element.tag != f"{_W}document" or d.element.find(f"{_W}body") is None:
+        # python-docx takes any XML as the main part and fails later with AttributeError
+        raise LoadError("corrupt DOCX (the main part is not a WordprocessingML document with a body)")
     parts: list[str] = []
     pos = 0
     sections: list[Section] = []

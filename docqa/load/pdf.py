@@ -134,8 +134,10 @@ def _load_pypdf(path: Path) -> Document:
         texts = [clean_page_text(p.extract_text() or "") for p in reader.pages]
     except LoadError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
-        raise LoadError(f"corrupt PDF ({type(e).__name__}: {e})") from None
+    except RecursionError:
+        raise LoadError("corrupt PDF (objects nested too deeply or in a loop)") from None
+    except Exception as e:  # pypdf meets hostile structure with whatever exception it hits (AttributeError...)
+        raise LoadError(f"corrupt PDF ({type(e).__name__}: {e})"[:300]) from None
     toc: list[tuple[int, int, str]] = []
 
     def walk(items: list[Any], level: int) -> None:

@@ -258,6 +258,9 @@ class LoaderSandbox:
             sig = -rc
             if sig == signal.SIGKILL or any(h in tail for h in _MEMORY_HINTS):
                 return LoadError(f"too much memory (> {self.memory_mb} MB)")
+            if sig == signal.SIGABRT and self.memory_mb > 0:
+                # pdfium aborts without a word when an allocation fails under the address-space cap
+                return LoadError(f"parser crashed (signal {sig}), most likely out of memory (cap {self.memory_mb} MB)")
             return LoadError(f"parser crashed (signal {sig})")
         if any(h in tail for h in _MEMORY_HINTS):
             return LoadError(f"too much memory (> {self.memory_mb} MB)")
