@@ -12,12 +12,15 @@ sentence (English and Chinese: 。！？；), clause (：，) and word boundarie
     >>> all(c.text.endswith("。") for c in chunks[:-1]) and max(c.n_tokens for c in chunks) <= 40
     True
 
+Table-of-contents pages of PDFs are left out (see `is_table_of_contents`).
+
 Limits: tables and code blocks are split like prose; overlap is approximate (whole sentences, at most `overlap`
 tokens).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from .documents import SECTION_SEP, Chunk, Document
@@ -30,6 +33,22 @@ SEPARATORS = [
 ]  # fmt: skip
 # A segment this short (a lone heading, a page number) is joined to the next one on the same page.
 _MIN_SEGMENT_CHARS = 40
+
+
+_LEADER = re.compile(r"(\.\s?){4,}\s*[\divxlc]+\s*$", re.I)  # "1.2 What is Debian? . . . . . 1"
+_ENDS_IN_PAGE = re.compile(r"\s[\divxlc]{1,4}\s*$", re.I)
+_TOC_TITLE = re.compile(r"^\s*(table of contents|contents|目\s*录|目\s*次)\s*$", re.I | re.M)
+
+
+def is_table_of_contents(text: str) -> bool:
+    """A table-of-contents page: most lines end in a page number, with dot leaders or under a "Contents" title.
+    Such pages repeat every heading, so a search for a heading would land on them instead of on the text."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 5:
+        return False
+    leaders = sum(bool(_LEADER.search(ln)) for ln in lines)
+    numbered = sum(bool(_ENDS_IN_PAGE.search(ln)) for ln in lines)
+    return leaders >= 0.4 * len(lines) or (bool(_TOC_TITLE.search(text[:200])) and numbered >= 0.6 * len(lines))
 
 
 def _segments(doc: Document) -> list[tuple[int, int]]:
@@ -109,7 +128,7 @@ def chunk_document(
     chunks: list[Chunk] = []
     for a, b in _segments(doc):
         segment = doc.text[a:b]
-        if not segment.strip():
+        if not segment.strip() or (doc.pages and is_table_of_contents(segment)):
             continue
         section = SECTION_SEP.join(doc.section_at(a))
         page = doc.page_at(a)

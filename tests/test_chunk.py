@@ -67,3 +67,16 @@ def test_overlap_bounded(size, overlap):
     for a, b in zip(chunks, chunks[1:]):
         shared = max(0, a.end - b.start)
         assert len(doc.text[b.start : b.start + shared].split()) <= overlap
+
+
+def test_table_of_contents_pages_are_not_indexed():
+    from docqa.chunk import is_table_of_contents
+
+    toc = "Contents\n" + "\n".join(f"1.{i} What is item {i}? . . . . . . . . . . . {i + 2}" for i in range(12))
+    body = "The package manager installs software. " * 30
+    assert is_table_of_contents(toc)
+    assert not is_table_of_contents(body)
+    assert not is_table_of_contents("Prices\napples 3\npears 4\nplums 5\nfigs 6\nkiwis 7\nlimes 8")  # no title, no leaders
+    doc = Document("m.pdf", toc + "\n" + body, pages=[Page(1, 0), Page(2, len(toc) + 1)])
+    chunks = chunk_document(doc, count_tokens=lambda t: len(t.split()), chunk_tokens=100, overlap=0)
+    assert {c.page for c in chunks} == {2}

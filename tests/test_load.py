@@ -465,3 +465,10 @@ def test_html_br_and_pre(tmp_path: Path) -> None:
     f.write_text("<p>line one<br>line two</p><pre>  keep\n    indent</pre><p>after</p>")
     doc = load_file(f)
     assert doc.text == "line one\nline two\n\n  keep\n    indent\n\nafter"
+
+
+def test_pdfium_hyphenation_marks_rejoin_words():
+    from docqa.load.pdf import clean_page_text
+
+    assert clean_page_text("Users can se\x02lect which pack\x02\r\nages to install") == "Users can select which packages to install"
+    assert clean_page_text("a well-known\r\nfact") == "a well-known\nfact"

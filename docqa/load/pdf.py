@@ -33,9 +33,9 @@ _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 def clean_page_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # pdfium marks a hyphen it judged to be line-end hyphenation with U+0002 (or U+FFFE): rejoin the word.
-    text = re.sub(r"[\x02\ufffe]\n", "", text)
-    text = text.replace("\x02", "-").replace("\ufffe", "-")
+    # pdfium marks a hyphen it judged to be line-end hyphenation with U+0002 (or U+FFFE), sometimes with the
+    # line break already removed ("se\x02lect"): either way the word is rejoined. Real hyphens are plain "-".
+    text = re.sub(r"[\x02\ufffe]\n?", "", text)
     text = _CTRL.sub("", text)
     return text.strip("\n")
 
