@@ -197,10 +197,13 @@ def test_generator_streams_greedy_tokens(generator):
     # the tiny model's 1,024-token vocabulary cannot embed real prompts: feed the reference ids directly
     generator.tokenizer.encode = lambda text, add_special_tokens=True: list(case["input_ids"])
     try:
-        pieces = list(generator.stream("anything", GenerationOptions(max_new_tokens=16, temperature=0)))
+        pieces = list(generator.stream("anything", GenerationOptions(max_new_tokens=16, temperature=0, stop_loops=False)))
+        looped = "".join(generator.stream("anything", GenerationOptions(max_new_tokens=16, temperature=0)))
     finally:
         del generator.tokenizer.encode
     assert "".join(pieces) == generator.tokenizer.decode(case["greedy_16"])
+    # the random model repeats one word; by default the stream ends once that loop is evident
+    assert len(looped) < len("".join(pieces)) and "".join(pieces).startswith(looped)
     assert "\ufffd" not in "".join(pieces)
 
 
@@ -212,7 +215,7 @@ def test_generator_metadata_and_prompt(generator):
     assert generator.render(msgs) == ("[Round 1]\n\n问：Answer briefly.\n\nWhat is APT?\n\n答：A package manager.\n\n"
                                       "[Round 2]\n\n问：和 dpkg？\n\n答：")
     assert messages_to_query_history(msgs[1:]) == ("和 dpkg？", [("What is APT?", "A package manager.")])
-    with pytest.raises(ModelError, match="over the model's context"):
+    with pytest.raises(ModelError, match="more than the model's context"):
         list(generator.stream("长" * 100))
 
 

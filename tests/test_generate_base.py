@@ -180,3 +180,13 @@ def test_sample_tokens_seeded_sampling_is_reproducible():
     a = list(sample_tokens(model, PROMPT, opts, eos_ids=[]))
     b = list(sample_tokens(model, PROMPT, opts, eos_ids=[]))
     assert a == b and len(a) == 10
+
+
+def test_degenerate_loops_are_detected():
+    from docqa.generate.base import is_degenerate
+
+    assert is_degenerate("答案：" + "1. " * 8)
+    assert is_degenerate("see [1] " * 9)
+    assert not is_degenerate("The venv module creates virtual environments [1].")
+    assert not is_degenerate("1. 2. 3. 4. 5. 6. 7. 8. 9.")
+    assert not is_degenerate("ab" * 7)  # seven repeats is still allowed

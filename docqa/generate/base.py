@@ -15,6 +15,7 @@ event stops generation between two tokens with nothing left running.
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ class GenerationOptions:
     top_p: float = 0.8
     repetition_penalty: float = 1.0
     seed: int | None = None
+    stop_loops: bool = True  # end the answer when it degenerates into a repeated phrase (see is_degenerate)
     cancel: threading.Event | None = None  # set it (from another thread) to stop after the current token
 
 
@@ -170,3 +172,54 @@ def sample_tokens(
             if options.repetition_penalty != 1.0:
                 seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
             ids = torch.tensor([[nxt]], dtype=torch.long, device=device)
+
+
+def stream_text(
+    model,
+    input_ids: Sequence[int],
+    options: GenerationOptions,
+    eos_ids: Iterable[int],
+    decode: Callable[[list[int]], str],
+    context_length: int,
+) -> Iterator[str]:
+    """`sample_tokens` decoded into text pieces, with `max_new_tokens` clipped to the room left in the context.
+
+    Raises ModelError when the prompt alone fills the context. Closing the iterator stops decoding at once.
+    """
+    from dataclasses import replace
+
+    from ..errors import ModelError
+
+    room = context_length - len(input_ids)
+    if room <= 0:
+        raise ModelError(f"the prompt takes {len(input_ids)} tokens, more than the model's context of {context_length}")
+    if options.max_new_tokens > room:
+        options = replace(options, max_new_tokens=room)
+    tokens = sample_tokens(model, input_ids, options, eos_ids)
+    decoder = StreamDecoder(decode)
+    text = ""
+    try:
+        for tok in tokens:
+            if piece := decoder.push(tok):
+                yield piece
+                text = (text + piece)[-400:]
+                if options.stop_loops and is_degenerate(text):
+                    return
+        if tail := decoder.flush():
+            yield tail
+    finally:
+        tokens.close()
+
+
+_LOOP = re.compile(r"(.{1,40}?)\1{7,}$", re.S)
+
+
+def is_degenerate(text: str) -> bool:
+    """True when `text` ends in one short unit repeated 8+ times ("1. 1. 1. 1. ..."): small models fall into
+    such loops, and nothing useful comes after them.
+
+        >>> is_degenerate("Answer: " + "1. " * 8), is_degenerate("a normal sentence.")
+        (True, False)
+    """
+    m = _LOOP.search(text)
+    return bool(m) and any(ch.isalnum() for ch in m.group(1))  # "----------" is a rule, not a loop

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from docqa.errors import ModelError
-from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, StreamDecoder, sample_tokens
+from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, stream_text
 from docqa.generate.chatglm2_tokenizer import ChatGLM2Tokenizer
 
 if TYPE_CHECKING:
@@ -579,18 +579,5 @@ class ChatGLM2Generator(Generator):
         options = options or GenerationOptions()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
         ids = self.tokenizer.encode(text)
-        budget = self.context_length - len(ids)
-        if budget <= 0:
-            raise ModelError(f"prompt has {len(ids)} tokens, over the model's context of {self.context_length}")
-        if options.max_new_tokens > budget:
-            from dataclasses import replace
-
-            options = replace(options, max_new_tokens=budget)
-        dec = StreamDecoder(self.tokenizer.decode)
-        for token in sample_tokens(self.model, ids, options, eos_ids=[self.tokenizer.eos_id]):
-            piece = dec.push(token)
-            if piece:
-                yield piece
-        tail = dec.flush()
-        if tail:
-            yield tail
+        yield from stream_text(self.model, ids, options, [self.tokenizer.eos_id], self.tokenizer.decode,
+                               self.context_length)  # fmt: skip

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ModelError
-from .base import GenerationOptions, Generator, Message, Prompt, StreamDecoder, sample_tokens
+from .base import GenerationOptions, Generator, Message, Prompt, stream_text
 
 CACHE_NAME = "demo-gemma3-270m"
 MAX_CONTEXT = 2048  # prefill runs ~150 tokens/s on 2 CPU cores: 2K keeps the first token within seconds
@@ -266,31 +266,12 @@ class DemoGenerator(Generator):
         options = options or GenerationOptions()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
         ids = self.tokenizer(text)["input_ids"]  # with <bos>, which Gemma needs
-        room = self.context_length - len(ids)
-        if room <= 0:
-            raise ModelError(
-                f"the prompt takes {len(ids)} tokens, more than the demo model's context of {self.context_length}"
-            )
-        if options.max_new_tokens > room:
-            from dataclasses import replace
-
-            options = replace(options, max_new_tokens=room)
-        tokens = sample_tokens(self.model, ids, options, self.eos_ids)
-        decoder = StreamDecoder(lambda t: self.tokenizer.decode(t, skip_special_tokens=True))
-
-        def pieces() -> Iterator[str]:
-            for tok in tokens:
-                piece = decoder.push(tok)
-                if piece:
-                    yield piece
-            tail = decoder.flush()
-            if tail:
-                yield tail
-
+        pieces = stream_text(self.model, ids, options, self.eos_ids,
+                             lambda t: self.tokenizer.decode(t, skip_special_tokens=True), self.context_length)  # fmt: skip
         try:
-            yield from cut_runaway(pieces())
+            yield from cut_runaway(pieces)
         finally:
-            tokens.close()  # stop decoding now, even when the caller stops early
+            pieces.close()  # stop decoding now, even when the caller stops early
 
 
 def cut_runaway(pieces: Iterator[str], stops: Sequence[str] = STOP_STRINGS) -> Iterator[str]:
