@@ -173,6 +173,11 @@ def _cjk_run(run: str, out: list[str], bigrams: bool) -> None:
                 out.append(run[i : i + 2])
 
 
+def is_code_term(term: str) -> bool:
+    """A token kept whole because it looks like code: an option, path, dotted or hyphenated name (not CJK)."""
+    return not term.isalnum() and not _CJK_RUN.search(term) and any(ch.isalnum() for ch in term)
+
+
 def tokenize(text: str, *, bigrams: bool = True) -> list[str]:
     """Terms of `text` in reading order (repeats kept: they are term frequencies)."""
     text = unicodedata.normalize("NFKC", text)
@@ -344,16 +349,23 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
         if n_dead > max(_PURGE_MIN, _PURGE_FRACTION * self.count()):
             self._purge(None)
 
-    def search(self, query: str, k: int, k1: float = 1.2, b: float = 0.75) -> list[tuple[int, float]]:
-        """Top-`k` (chunk_id, BM25 score), best first; [] when no query term is indexed."""
+    def search(
+        self, query: str, k: int, k1: float = 1.2, b: float = 0.75, code_boost: float = 1.0
+    ) -> list[tuple[int, float]]:
+        """Top-`k` (chunk_id, BM25 score), best first; [] when no query term is indexed.
+
+        `code_boost` multiplies the weight of code-like query terms (`-w`, `/etc/fstab`, `apt-get`): a user who
+        types an exact option or path means it more than the words around it. 1.0 is plain BM25."""
         terms = sorted(set(tokenize_query(query, bigrams=self.bigrams)))
         n_docs, total_len = self._meta()
         if k <= 0 or not terms or n_docs == 0:
             return []
         avgdl = total_len / n_docs
         idf: dict[int, float] = {}
-        for tid, df in self._select_in("SELECT id, df FROM lex_terms WHERE df > 0 AND term IN ({})", terms):
+        for tid, term, df in self._select_in("SELECT id, term, df FROM lex_terms WHERE df > 0 AND term IN ({})", terms):
             idf[tid] = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+            if code_boost != 1.0 and is_code_term(term):
+                idf[tid] *= code_boost
         if not idf:
             return []
         cids, weights = [], []

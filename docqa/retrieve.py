@@ -74,6 +74,10 @@ DENSE_GAP_REF = 0.2
 BM25_RATIO_REF = 2.0
 WEIGHT_CLIP = (0.2, 3.0)
 #: feedback re-ordering for uncovered languages (see the module docstring); FEEDBACK_WEIGHT = 0 turns it off
+# Exact technical terms in a question (`-w`, `/etc/fstab`, `apt-get`) weigh 3x their BM25 idf, in bm25 and hybrid
+# mode alike: measured on the dev set, Chinese bm25 hit@5 0.710 -> 0.742 (English unchanged; a second bilingual
+# check set unchanged).
+CODE_TERM_BOOST = 3.0
 FEEDBACK_SEEDS = 3
 FEEDBACK_WEIGHT = 0.5
 FEEDBACK_DEPTH = 10
@@ -197,7 +201,7 @@ class Retriever:
                         c.dense, c.dense_rank = score, rank
                 if mode in ("bm25", "hybrid"):
                     t = time.perf_counter()
-                    bm25_list = self.kb.lexical.search(query, pool)
+                    bm25_list = self.kb.lexical.search(query, pool, code_boost=CODE_TERM_BOOST)
                     timings["bm25"] = time.perf_counter() - t
                     for rank, (cid, score) in enumerate(bm25_list):
                         c = cands.setdefault(cid, _Candidate(cid))

@@ -310,3 +310,23 @@ def test_add_validates_arguments(tmp_path) -> None:
         idx.add([1, 1], ["a", "b"])
     idx.add([], [])
     assert idx.count() == 0
+
+
+def test_code_boost_weights_exact_technical_terms(tmp_path):
+    import sqlite3
+
+    from docqa.lexical import LexicalIndex, is_code_term
+
+    assert is_code_term("-w") and is_code_term("/etc/fstab") and is_code_term("apt-get")
+    assert not is_code_term("grep") and not is_code_term("选项") and not is_code_term("--")
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.executescript(LexicalIndex.SCHEMA)
+    idx = LexicalIndex(conn)
+    conn.execute("BEGIN")
+    idx.add([1, 2, 3], ["grep 选项 说明 grep 选项 很多", "-w 只匹配完整的词", "其他 内容 无关"])
+    conn.execute("COMMIT")
+    plain = idx.search("grep 的 -w 选项", 3)
+    boosted = idx.search("grep 的 -w 选项", 3, code_boost=3.0)
+    assert plain[0][0] == 1  # two common words outweigh one rare option...
+    assert boosted[0][0] == 2  # ...unless the exact option counts for more
+    assert dict(boosted)[1] == dict(plain)[1]  # words keep their plain BM25 weight
