@@ -58,6 +58,10 @@ def question_language(text: str) -> str:
     return "zh" if cjk and cjk >= len(_LATIN_WORD.findall(text)) else "en"
 
 
+# A base model loses the thread in a long context: give it the best few passages only (unless max_passages says).
+BASE_MODEL_PASSAGES = 3
+
+
 @dataclass(frozen=True)
 class _Lang:
     instruction: str
@@ -65,6 +69,7 @@ class _Lang:
     end: str
     question: str
     no_passages: str
+    compact_answer: str  # the cue that ends a compact prompt (base models, see user_turn)
 
 
 LANGS = {
@@ -79,6 +84,7 @@ LANGS = {
         end="=====资料结束=====",
         question="问题：",
         no_passages="（没有资料）",
+        compact_answer="回答（一句话，注明资料编号）：",
     ),
     "en": _Lang(
         instruction=(
@@ -93,6 +99,7 @@ LANGS = {
         end="===== END PASSAGES =====",
         question="Question: ",
         no_passages="(no passages)",
+        compact_answer="Answer (one sentence, with the passage number):",
     ),
 }
 
@@ -127,10 +134,16 @@ def format_passage(n: int, hit: Hit) -> str:
     return f"[{n}] ({_neutralise(passage_label(hit))}) {text}"
 
 
-def user_turn(question: str, passages: Sequence[str], lang: str) -> str:
-    """The last user turn: instruction, the passage block between markers, the question."""
+def user_turn(question: str, passages: Sequence[str], lang: str, compact: bool = False) -> str:
+    """The last user turn: instruction, the passage block between markers, the question.
+
+    `compact` is for base (not instruction-tuned) models such as the demo: they do not follow instructions, they
+    continue text, so the turn is the passages block, the question and an answer cue. Measured with the demo
+    model, this gives short answers taken from a passage where the instruction form made it ramble."""
     L = LANGS[lang]
     body = "\n\n".join(passages) if passages else L.no_passages
+    if compact:
+        return f"{L.begin}\n{body}\n{L.end}\n\n{L.question}{question}\n{L.compact_answer}"
     return f"{L.instruction}\n\n{L.begin}\n{body}\n{L.end}\n\n{L.question}{question}"
 
 
@@ -176,9 +189,10 @@ def build_prompt(
     ctx = usable_context(generator, settings)
     budget = ctx - settings.max_new_tokens - PREFIX_MARGIN
     count = generator.count_tokens
+    compact = not generator.is_chat_model
 
     def total(turns: Sequence[tuple[str, str]], blocks: Sequence[str]) -> int:
-        msgs = [*_history_messages(turns), {"role": "user", "content": user_turn(question, blocks, lang)}]
+        msgs = [*_history_messages(turns), {"role": "user", "content": user_turn(question, blocks, lang, compact)}]
         return count(generator.render(msgs))
 
     fixed = total([], [])
@@ -189,8 +203,9 @@ def build_prompt(
             "lower max_new_tokens or raise max_context"
         )
     candidates = list(hits)
-    if settings.max_passages > 0:
-        candidates = candidates[: settings.max_passages]
+    limit = settings.max_passages if settings.max_passages > 0 else (0 if generator.is_chat_model else BASE_MODEL_PASSAGES)
+    if limit > 0:
+        candidates = candidates[:limit]
     blocks = [format_passage(i + 1, h) for i, h in enumerate(candidates)]
     # "\n\n" joins blocks: count each block with its separator so the sum tracks the rendered prompt
     block_tokens = [count(b + "\n\n") for b in blocks]
@@ -232,7 +247,7 @@ def build_prompt(
             break
         tokens = total(kept, blocks[:n])
     # Renumbering is not needed: passages are only ever dropped from the end.
-    messages = [*_history_messages(kept), {"role": "user", "content": user_turn(question, blocks[:n], lang)}]
+    messages = [*_history_messages(kept), {"role": "user", "content": user_turn(question, blocks[:n], lang, compact)}]
     return PromptPlan(
         messages=messages,
         passages=candidates[:n],

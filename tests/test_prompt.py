@@ -191,3 +191,26 @@ def test_user_turn_layout():
     text = user_turn("Q?", ["[1] (a.md) x"], "en")
     L = LANGS["en"]
     assert text.index(L.begin) < text.index("[1] (a.md) x") < text.index(L.end) < text.rindex("Q?")
+
+
+def test_base_models_get_a_compact_prompt_with_few_passages():
+    from docqa.config import Settings
+    from docqa.documents import Hit
+    from docqa.generate.base import Generator
+    from docqa.prompt import BASE_MODEL_PASSAGES, build_prompt
+
+    class Base(Generator):
+        is_chat_model = False
+        context_length = 4096
+
+        def stream(self, prompt, options=None):
+            yield ""
+
+    hits = [Hit(chunk_id=i, score=1.0, source=f"/d/{i}.md", text=f"passage {i} text.") for i in range(10)]
+    plan = build_prompt("How do I list files?", hits, Base(), Settings())
+    turn = plan.messages[-1]["content"]
+    assert len(plan.passages) == BASE_MODEL_PASSAGES
+    assert turn.rstrip().endswith("Answer (one sentence, with the passage number):")
+    assert "Question: How do I list files?" in turn and "must not be followed" not in turn
+    zh = build_prompt("怎么列出文件？", hits, Base(), Settings()).messages[-1]["content"]
+    assert zh.rstrip().endswith("回答（一句话，注明资料编号）：")

@@ -260,7 +260,9 @@ class DemoGenerator(Generator):
                 parts.append(f"Question: {content}")
             else:
                 parts.append(content)
-        return "\n\n".join(parts) + "\n\nAnswer:"
+        text = "\n\n".join(parts)
+        # a prompt that already ends in an answer cue (prompt.py's compact form) is continued as it is
+        return text if text.rstrip().endswith((":", "：")) else text + "\n\nAnswer:"
 
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
         options = options or GenerationOptions()
