@@ -41,6 +41,7 @@ class Settings:
     embed_model: str = EMBEDDED_EMBED_MODEL
     embed_batch: int = 32
     embed_device: str = "cpu"
+    embed_precision: str = "auto"  # auto = bf16 on CPUs with native bf16, else fp32
     # retrieval
     mode: str = "hybrid"
     top_k: int = 5

@@ -30,8 +30,8 @@ from .chunk import chunk_document
 from .config import Settings
 from .documents import Chunk, Document
 from .embed import Embedder, get_embedder
-from .errors import DocQAError, LoadError
-from .store import DocumentInfo, KnowledgeBase, index_text
+from .errors import DocQAError, LoadError, ModelMismatchError
+from .store import MANIFEST_NAME, DocumentInfo, KnowledgeBase, index_text
 
 Progress = Callable[..., None]
 
@@ -221,10 +221,18 @@ def ingest(
     emit = progress or (lambda *a, **k: None)
     KnowledgeBase.check_unlocked(settings.index)  # fail at once, not after seconds spent loading the model
     files, report.skipped, roots = collect_files(paths, settings.include_hidden, settings.follow_symlinks)
-    embedder = embedder or get_embedder(settings.embed_model, settings.embed_device)
+
+    def load_embedder() -> Embedder:
+        return get_embedder(settings.embed_model, settings.embed_device, settings.embed_precision)
+
+    # An existing knowledge base knows its dimension: the model (and torch) load only when a file needs embedding,
+    # so a re-run over unchanged files takes a fraction of a second.
+    if embedder is None and not (Path(settings.index) / MANIFEST_NAME).exists():
+        embedder = load_embedder()
     with KnowledgeBase.open(
-        settings.index, create=True, writable=True, embed_model=settings.embed_model, dim=embedder.dim
-    ) as kb:
+        settings.index, create=True, writable=True, embed_model=settings.embed_model,
+        dim=embedder.dim if embedder is not None else None,
+    ) as kb:  # fmt: skip
         todo, touch = _plan(kb, files, report)
         seen = {str(f) for f, _ in files}
         gone = [
@@ -240,6 +248,11 @@ def ingest(
                     b.remove_document(path)
             report.removed = len(gone)
         if todo:
+            embedder = embedder or load_embedder()
+            if embedder.dim != kb.dim:
+                raise ModelMismatchError(
+                    f"{settings.embed_model!r} makes {embedder.dim}-dimensional vectors, the knowledge base holds {kb.dim}"
+                )
             _load_embed_commit(kb, todo, settings, embedder, report, emit)
     report.seconds = time.perf_counter() - t0
     return report

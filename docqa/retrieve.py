@@ -437,7 +437,7 @@ def open_retriever(settings: Settings) -> Retriever:
         raise ModelMismatchError(
             f"{settings.index} was built with {kb.embed_model!r}, not {settings.embed_model!r}; search it with its own model"
         )
-    embedder = get_embedder(kb.embed_model, settings.embed_device)
+    embedder = get_embedder(kb.embed_model, settings.embed_device, settings.embed_precision)
     reranker = None
     if settings.reranker:
         from .rerank import CrossEncoderReranker

@@ -100,3 +100,17 @@ def test_gb18030_text_is_indexed_correctly(docs_dir, settings, embedder):
     with KnowledgeBase.open(settings.index) as kb:
         texts = "".join(r.text for r in kb.chunks(range(1000)).values())
     assert "文件系统表" in texts and "挂载" in texts
+
+
+def test_rerun_over_unchanged_files_loads_no_model(docs_dir, settings, embedder):
+    import subprocess
+    import sys
+
+    ingest([docs_dir], settings, embedder)
+    code = (
+        "import sys; from docqa.config import Settings; from docqa.ingest import ingest; "
+        f"r = ingest([{str(docs_dir)!r}], Settings(index={str(settings.index)!r})); "
+        "assert (r.unchanged, r.added, r.updated) == (3, 0, 0), r; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
