@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .answer import ask as ask_question
 from .answer import source_line
 from .config import Settings
-from .documents import Answer
+from .documents import Answer, Hit
 from .errors import ConfigError, DocQAError
 from .generate.base import GenerationOptions, Generator
 from .prompt import PromptPlan, question_language
@@ -295,6 +295,13 @@ class Chat:
 HELP = "/sources  cited passages of the last answer\n/history  this conversation\n/reset    start over\n/exit     quit"
 
 
+def shown_sources(answer: Answer | None) -> list[tuple[int, Hit]]:
+    """The passages to show as sources: those cited, else (small models often cite nothing) the best three given."""
+    if answer is None or answer.abstained:
+        return []
+    return answer.sources or list(enumerate(answer.passages[:3], 1))
+
+
 def print_sources(out: Console, answer: Answer) -> None:
     """The Sources block under an answer (cited passages only; invalid numbers are flagged, not listed)."""
     from rich.markup import escape
@@ -303,13 +310,10 @@ def print_sources(out: Console, answer: Answer) -> None:
         return
     if answer.sources:
         out.print("[bold]Sources[/]")
-        for n, h in answer.sources:
-            out.print(f"  [cyan]{escape(source_line(n, h))}[/]")
     elif answer.passages:
-        # Small models often answer without [n] markers; still say where the material came from.
         out.print("[bold]Sources[/] [yellow](the answer cites no passage; these were the best passages given to the model)[/]")
-        for n, h in enumerate(answer.passages[:3], 1):
-            out.print(f"  [cyan]{escape(source_line(n, h))}[/]")
+    for n, h in shown_sources(answer):
+        out.print(f"  [cyan]{escape(source_line(n, h))}[/]")
     if answer.invalid_citations:
         nums = ", ".join(f"[{n}]" for n in answer.invalid_citations)
         out.print(f"[yellow]cites passages that do not exist: {escape(nums)}[/]")
@@ -409,8 +413,7 @@ def run_repl(chat: Chat, out: Console, err: Console, lines: Iterable[str] | None
                 text = "\n".join(f"[bold]{i}. {escape(t.question)}[/]\n{escape(t.answer)}" for i, t in enumerate(turns, 1))
                 emit("history", {"turns": [asdict(t) for t in turns]}, text or "[dim]no turns yet[/]")
             elif cmd == "/sources":
-                a = chat.last_answer
-                src = a.sources if a else []
+                src = shown_sources(chat.last_answer)
                 text = "\n\n".join(f"[cyan]{escape(source_line(n, h))}[/]\n{escape(' '.join(h.text.split()))}" for n, h in src)
                 emit("sources", {"sources": [{"n": n, **h.to_json()} for n, h in src]}, text or "[dim]no sources[/]")
             elif cmd == "/help":
