@@ -105,6 +105,13 @@ class DocumentInfo:
         return asdict(self)
 
 
+# the columns of ChunkRow, in order
+_CHUNK_ROWS = (
+    "SELECT c.id, c.document_id, c.ordinal, c.text, c.page, c.section, c.start, c.end, c.n_tokens, d.path "
+    "FROM chunks c JOIN documents d ON d.id = c.document_id"
+)
+
+
 @dataclass
 class ChunkRow:
     id: int
@@ -480,10 +487,7 @@ class KnowledgeBase:
         out: dict[int, ChunkRow] = {}
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
-            q = (
-                "SELECT c.id, c.document_id, c.ordinal, c.text, c.page, c.section, c.start, c.end, c.n_tokens, d.path "
-                f"FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({','.join('?' * len(part))})"
-            )
+            q = f"{_CHUNK_ROWS} WHERE c.id IN ({','.join('?' * len(part))})"
             for r in self.conn.execute(q, part):
                 out[r[0]] = ChunkRow(*r)
         return out
@@ -492,11 +496,7 @@ class KnowledgeBase:
         """Chunks of one document by ordinal (for expanding a hit with its context)."""
         if not ordinals:
             return {}
-        q = (
-            "SELECT c.id, c.document_id, c.ordinal, c.text, c.page, c.section, c.start, c.end, c.n_tokens, d.path "
-            "FROM chunks c JOIN documents d ON d.id = c.document_id "
-            f"WHERE c.document_id = ? AND c.ordinal IN ({','.join('?' * len(ordinals))})"
-        )
+        q = f"{_CHUNK_ROWS} WHERE c.document_id = ? AND c.ordinal IN ({','.join('?' * len(ordinals))})"
         return {r[2]: ChunkRow(*r) for r in self.conn.execute(q, [document_id, *ordinals])}
 
     def chunk_count(self) -> int:
