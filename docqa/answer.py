@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .documents import Answer, Hit
 from .generate.base import GenerationOptions, Generator
-from .prompt import PromptPlan, build_prompt, passage_label, question_language
+from .lang import detect_language
+from .prompt import PromptPlan, build_prompt, passage_label
 
 if TYPE_CHECKING:
     from .retrieve import Retriever
@@ -110,7 +111,7 @@ def ask(
     answer = Answer(question=question, text="", passages=[], model=getattr(generator, "name", ""),
                     rewritten_query=rewritten if rewritten and rewritten != question else None)  # fmt: skip
     if abstain and not retriever.is_relevant(query, hits):
-        answer.text = ABSTAIN[question_language(question)]
+        answer.text = ABSTAIN[detect_language(question)]
         answer.abstained = True
         answer.timings = {"retrieval": t_retrieval, "total": time.perf_counter() - t0}
         if on_text:

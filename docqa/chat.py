@@ -42,7 +42,8 @@ from .config import Settings
 from .documents import Answer, Hit
 from .errors import ConfigError, DocQAError
 from .generate.base import GenerationOptions, Generator
-from .prompt import PromptPlan, question_language
+from .lang import detect_language
+from .prompt import PromptPlan
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,7 +98,7 @@ def content_words(text: str) -> list[str]:
 
 def looks_like_follow_up(question: str) -> bool:
     """True when the question refers back (它/那个/...呢, it/they/what about...) or names at most one thing."""
-    anaphor = _ZH_ANAPHOR if question_language(question) == "zh" else _EN_ANAPHOR
+    anaphor = _ZH_ANAPHOR if detect_language(question) == "zh" else _EN_ANAPHOR
     return bool(anaphor.search(question)) or len(content_words(question)) <= 1
 
 
@@ -132,7 +133,7 @@ def _clip(text: str, n: int) -> str:
 
 def llm_rewrite(question: str, turns: list[tuple[str, str]], generator: Generator) -> str | None:
     """The chat model's standalone version of `question`, or None when its output is unusable."""
-    lang = question_language(question)
+    lang = detect_language(question)
     q_word, a_word = ("问", "答") if lang == "zh" else ("Q", "A")
     conversation = "\n".join(f"{q_word}: {_clip(q, 200)}\n{a_word}: {_clip(a, 300)}" for q, a in turns[-3:])
     prompt = _REWRITE[lang].format(conversation=conversation, question=question)

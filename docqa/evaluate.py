@@ -160,7 +160,7 @@ class EvalReport:
 def _lang(item: QAItem) -> str:
     if item.lang:
         return item.lang
-    from .retrieve import detect_language
+    from .lang import detect_language
 
     return detect_language(item.question)
 

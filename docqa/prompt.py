@@ -36,26 +36,19 @@ from .config import Settings
 from .documents import Hit
 from .errors import DocQAError
 from .generate.base import Generator, Message
+from .lang import detect_language
 
 #: tokens kept free for what the model adds around the rendered text (ChatGLM2: [gMASK] sop)
 PREFIX_MARGIN = 4
 #: at most this share of the room left after instruction + question goes to history
 HISTORY_SHARE = 0.5
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN_WORD = re.compile(r"[A-Za-z]+")
 # citation markers in old answers point to passages of an earlier turn: strip them from history
 _OLD_CITATION = re.compile(r"\s?[\[【]\s*\d+(?:\s*[,，、\-–]\s*\d+)*\s*[\]】]")
 
 
 class PromptTooLongError(DocQAError):
     """The instruction and the question alone do not fit in the model's context."""
-
-
-def question_language(text: str) -> str:
-    """'zh' when the question is mostly Chinese, else 'en' (decides the instruction's language)."""
-    cjk = len(_CJK.findall(text))
-    return "zh" if cjk and cjk >= len(_LATIN_WORD.findall(text)) else "en"
 
 
 # A base model loses the thread in a long context: give it the best few passages only (unless max_passages says).
@@ -185,7 +178,7 @@ def build_prompt(
 ) -> PromptPlan:
     """Fit instruction + as many passages as possible + recent history + question into the budget."""
     question = question.strip()
-    lang = question_language(question)
+    lang = detect_language(question)
     ctx = usable_context(generator, settings)
     budget = ctx - settings.max_new_tokens - PREFIX_MARGIN
     count = generator.count_tokens

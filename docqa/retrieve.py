@@ -60,10 +60,9 @@ from .config import Settings
 from .documents import Hit
 from .embed import Embedder
 from .errors import ConfigError, StoreCorruptError
+from .lang import detect_language
 from .store import ChunkRow, KnowledgeBase
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN_WORD = re.compile(r"[A-Za-z]+")
 _NON_WORD = re.compile(r"[\W_]+")
 
 #: dense weight multiplier for a question in a language the embedder does not cover
@@ -87,16 +86,6 @@ KNOWN_MIN = 0.5
 #: near-duplicate rule: share of a passage's character 5-grams already in one taken passage
 DUPLICATE_CONTAINMENT = 0.8
 _SHINGLE = 5
-
-
-def detect_language(text: str) -> str:
-    """'zh' when the text has at least as many Chinese characters as Latin words, else 'en'.
-
-    >>> detect_language("grep 的 -w 选项是什么意思？"), detect_language("How do I use tar?")
-    ('zh', 'en')
-    """
-    cjk = len(_CJK.findall(text))
-    return "zh" if cjk and cjk >= len(_LATIN_WORD.findall(text)) else "en"
 
 
 def _clip(x: float) -> float:
