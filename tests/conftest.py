@@ -70,3 +70,25 @@ def docs_dir(tmp_path) -> Path:
     (d / "tar.txt").write_text(ZH_TAR, encoding="utf-8")
     (d / "fstab.txt").write_bytes(ZH_FSTAB.encode("gb18030"))
     return d
+
+
+@pytest.fixture(scope="session")
+def demo():
+    """The real embedded demo model (Gemma 3 270M), loaded once for every module that answers questions."""
+    from docqa.generate.demo import DemoGenerator
+
+    return DemoGenerator()
+
+
+def build_kb(root: Path, docs: dict[str, str], embedder, **settings):
+    """Write `docs` (name -> text) under root/docs, ingest them into root/kb; returns the Settings used."""
+    from docqa.config import Settings
+    from docqa.ingest import ingest
+
+    (root / "docs").mkdir()
+    for name, text in docs.items():
+        (root / "docs" / name).write_text(text, encoding="utf-8")
+    s = Settings(index=root / "kb", sessions_dir=root / "sessions", **settings)
+    report = ingest([root / "docs"], s, embedder=embedder)
+    assert report.added == len(docs) and not report.failed, report
+    return s

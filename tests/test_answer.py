@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from conftest import build_kb
 from docqa.answer import ABSTAIN, CANDIDATES, ask, parse_citations, source_line
 from docqa.config import Settings
 from docqa.documents import Hit
@@ -135,24 +136,8 @@ DOCS = {
 
 
 @pytest.fixture(scope="module")
-def demo():
-    from docqa.generate.demo import DemoGenerator
-
-    return DemoGenerator()
-
-
-@pytest.fixture(scope="module")
 def kb_settings(tmp_path_factory, embedder):
-    from docqa.ingest import ingest
-
-    root = tmp_path_factory.mktemp("answer")
-    (root / "docs").mkdir()
-    for name, text in DOCS.items():
-        (root / "docs" / name).write_text(text, encoding="utf-8")
-    s = Settings(index=root / "kb", sessions_dir=root / "sessions", temperature=0.0, max_new_tokens=24)
-    report = ingest([root / "docs"], s, embedder=embedder)
-    assert report.added == len(DOCS) and not report.failed
-    return s
+    return build_kb(tmp_path_factory.mktemp("answer"), DOCS, embedder, temperature=0.0, max_new_tokens=24)
 
 
 def test_ask_end_to_end_with_the_demo_model(demo, kb_settings):

@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import build_kb
 from docqa.chat import (
     Chat,
     Session,
@@ -169,22 +170,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def demo():
-    from docqa.generate.demo import DemoGenerator
-
-    return DemoGenerator()
-
-
-@pytest.fixture(scope="module")
 def kb(tmp_path_factory, embedder):
-    from docqa.ingest import ingest
-
-    root = tmp_path_factory.mktemp("chat")
-    (root / "docs").mkdir()
-    for name, text in DOCS.items():
-        (root / "docs" / name).write_text(text, encoding="utf-8")
-    ingest([root / "docs"], Settings(index=root / "kb"), embedder=embedder)
-    return root / "kb"
+    return build_kb(tmp_path_factory.mktemp("chat"), DOCS, embedder).index
 
 
 @pytest.fixture
