@@ -26,9 +26,7 @@ retrieval by keywords, it does not resolve what a pronoun refers to.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +42,7 @@ from .errors import ConfigError, DocQAError
 from .generate.base import GenerationOptions, Generator
 from .lang import detect_language
 from .prompt import PromptPlan
+from .store import write_atomic
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -227,16 +226,7 @@ class Session:
         data = json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
         try:
             d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{self.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(path, data)
         except OSError as e:
             raise DocQAError(f"cannot save session {path}: {e}") from None
         return path
