@@ -8,7 +8,7 @@ Part 1 (demo): a 6-document knowledge base is ingested with the real embedder; e
 embedded demo model (Gemma 3 270M, greedy, max_new_tokens 64) after one warm-up; time to first token (from the
 call, so retrieval and prompt included) and total time are reported as medians over the questions.
 
-Part 2 (outside the model): a knowledge base of N synthetic chunks (default 100,000; text from benchmarks/lexical.py:
+Part 2 (outside the model): a knowledge base of N synthetic chunks (default 100,000; text from benchmarks/bm25.py:
 real English words from /usr/share/doc plus 20% Chinese words from jieba's dictionary; random unit vectors, since
 the FAISS flat index costs the same whatever the vectors) is written through the real store. Then `ask` runs with
 50 candidates, ChatGLM2's real tokenizer and [Round n] format at an 8K context (a two-turn history), and a model
@@ -123,7 +123,7 @@ class _ChatGLM2Format(Generator):
 
 def build_synthetic_kb(path: Path, n: int, dim: int) -> None:
     import numpy as np
-    from lexical import make_chunks
+    from bm25 import make_chunks
 
     from docqa.documents import Chunk
     from docqa.embed import EMBEDDED_EMBED_MODEL

@@ -1,9 +1,11 @@
 """One grounded answer: retrieve -> budgeted prompt -> stream the model's text -> Answer with citations.
 
-    >>> a = ask("怎么解压 tar.gz 文件？", retriever, generator, settings, on_text=lambda s: print(s, end=""))
-    使用 tar -xzvf archive.tar.gz 解压 [1]。
-    >>> a.citations, [h.location for _, h in a.sources], a.timings
-    ([1], ['tar.txt'], {'retrieval': 0.03, 'prompt': 0.01, 'first_token': 0.9, 'total': 2.1})
+    # an illustration (the answer depends on the knowledge base and the model):
+    a = ask("怎么解压 tar.gz 文件？", retriever, generator, settings, on_text=lambda s: print(s, end=""))
+    a.citations, [h.location for _, h in a.sources], a.timings["total"]
+
+The generator streams the text from the passages through `Generator.stream_grounded`: a language model reads
+the budgeted prompt; the extractive answerer (the offline default) quotes the passages themselves.
 
 Retrieval asks for `CANDIDATES` passages (or `settings.max_passages` when set) and the prompt keeps as many as the
 token budget holds (docqa/prompt.py). When `retriever.is_relevant` says nothing found is relevant, `ask` abstains
@@ -28,8 +30,8 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .documents import Answer, Hit
 from .generate.base import GenerationOptions, Generator
-from .lang import detect_language
 from .prompt import PromptPlan, build_prompt, passage_label
+from .text import detect_language
 
 if TYPE_CHECKING:
     from .retrieve import Retriever
@@ -82,6 +84,21 @@ def generation_options(settings: Settings, cancel: threading.Event | None = None
     )
 
 
+def open_generator(settings: Settings, retriever: Retriever, progress: Callable[[str], None] | None = None) -> Generator:
+    """The configured generator, with the retriever's embedder as the extractive answerer's similarity."""
+    import numpy as np
+
+    from .generate import get_generator
+
+    embedder = retriever.embedder
+
+    def similarity(question: str, texts: Sequence[str]) -> list[float]:
+        q = np.asarray(embedder.encode_query(question))
+        return [float(x) for x in np.asarray(embedder.encode(list(texts))) @ q]
+
+    return get_generator(settings, progress, similarity=similarity, covered_languages=embedder.languages)
+
+
 def ask(
     question: str,
     retriever: Retriever,
@@ -129,7 +146,8 @@ def ask(
     pieces: list[str] = []
     first: float | None = None
     t2 = time.perf_counter()
-    stream = generator.stream(plan.messages, generation_options(settings, cancel))
+    passages = [h.text for h in plan.passages]
+    stream = generator.stream_grounded(question, passages, plan.messages, generation_options(settings, cancel))
     try:
         for piece in stream:
             if first is None:
@@ -158,4 +176,4 @@ def ask(
     return answer
 
 
-__all__ = ["ABSTAIN", "CANDIDATES", "ask", "parse_citations", "passage_label", "source_line"]
+__all__ = ["ABSTAIN", "CANDIDATES", "ask", "open_generator", "parse_citations", "passage_label", "source_line"]

@@ -1,4 +1,4 @@
-"""Conversations: follow-up rewriting, question/answer history, sessions saved as JSON, and the `docqa chat` loop.
+"""Conversations: follow-up rewriting, question/answer history, and sessions saved as JSON.
 
     >>> chat = Chat(retriever, generator, settings, Session.load(settings.sessions_dir, "work"))
     >>> chat.ask("How do I install nginx?").text
@@ -17,10 +17,9 @@ then sees the question as asked, after the kept history turns (docqa/prompt.py b
 History keeps question/answer turns only (passages are retrieved afresh each turn). A named session is saved after
 every turn as JSON under `settings.sessions_dir/NAME.json` (atomic replace) and resumed by loading the same name.
 
-`run_repl` is the loop behind `docqa chat`: prompt_toolkit line editing with a history file on a terminal, else
-one question per line from stdin. Commands: /sources, /history, /reset, /exit (and /help). Ctrl-C stops the
-current answer, not the session. Limits: one conversation per process; the deterministic rewrite only helps
-retrieval by keywords, it does not resolve what a pronoun refers to.
+The `docqa chat` loop, its /commands and the console output live in docqa/cli/repl.py; this module has no
+terminal code (no rich, typer or prompt_toolkit), so a server can hold a `Chat` per conversation as well.
+Limits: the deterministic rewrite only helps retrieval by keywords, it does not resolve what a pronoun refers to.
 """
 
 from __future__ import annotations
@@ -29,24 +28,21 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .answer import ask as ask_question
-from .answer import source_line
 from .config import Settings
-from .documents import Answer, Hit
+from .documents import Answer
 from .errors import ConfigError, DocQAError
 from .generate.base import GenerationOptions, Generator
-from .lang import detect_language
 from .prompt import PromptPlan
 from .store import write_atomic
+from .text import EN_FILLER_WORDS, EN_STOP_WORDS, HAN, ZH_FILLER_WORDS, ZH_STOP_WORDS, detect_language
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from .retrieve import Retriever
 
 REWRITE_TOKENS = 64
@@ -63,35 +59,24 @@ _EN_ANAPHOR = re.compile(
     re.IGNORECASE,
 )
 _EN_WORD = re.compile(r"[A-Za-z0-9][\w.+#/\-]*[\w+#]|[A-Za-z0-9]")
-_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-_EN_STOP = frozenset(
-    """a about above after again all am an and any are as at be been being both but by can could did do does doing
-    down during each few for from further had has have having he her here him his how i if in into is it its itself
-    just me more most my no nor not of off on once only or other our out over own same she should so some such than
-    that the their them then there these they this those through to too under until up very was we were what when
-    where which while who whom why will with would you your about also else instead one ones please tell know
-    use used using way ways get""".split()
-)
-_ZH_STOP = frozenset(
-    """的 了 是 在 和 与 及 或 也 都 就 而 之 其 这 那 着 过 吗 呢 吧 啊 呀 么 个 把 被 让 给 对 从 向 于 以 为 将 并 且
-    等 我 你 他 她 它 我们 你们 他们 她们 它们 这个 那个 这些 那些 什么 怎么 怎样 怎么样 如何 为什么 哪个 哪些 哪里 一个
-    一些 可以 能够 以及 还是 或者 因为 所以 如果 但是 然后 是否 请问 有没有 应该 需要 要 用 使用 有 会 能 吗？ 呢？ 在哪
-    哪儿 多少 几 哪 谁""".split()
-)
+_CJK_RUN = re.compile(f"[{HAN}]+")
+# a follow-up's topic: stop words and the words of how a question is asked ("please tell", 使用) both carry none
+_EN_SKIP = EN_STOP_WORDS | EN_FILLER_WORDS
+_ZH_SKIP = ZH_STOP_WORDS | ZH_FILLER_WORDS
 
 
 def content_words(text: str) -> list[str]:
     """Words of `text` that carry its topic, in order, without repeats (stop words and punctuation dropped)."""
-    from .lexical import tokenize
+    from .tokenize import tokenize
 
     words: list[str] = []
     pos = 0
     for m in _CJK_RUN.finditer(text):
-        words += [w for w in _EN_WORD.findall(text, pos, m.start()) if w.lower() not in _EN_STOP]
-        # jieba (through the lexical tokenizer, without bigrams) segments the Chinese run into words
-        words += [w for w in tokenize(m.group(), bigrams=False) if w not in _ZH_STOP and len(w) > 1]
+        words += [w for w in _EN_WORD.findall(text, pos, m.start()) if w.lower() not in _EN_SKIP]
+        # jieba (through the BM25 tokenizer, without bigrams) segments the Chinese run into words
+        words += [w for w in tokenize(m.group(), bigrams=False) if w not in _ZH_SKIP and len(w) > 1]
         pos = m.end()
-    words += [w for w in _EN_WORD.findall(text, pos) if w.lower() not in _EN_STOP]
+    words += [w for w in _EN_WORD.findall(text, pos) if w.lower() not in _EN_SKIP]
     return list(dict.fromkeys(words))
 
 
@@ -279,146 +264,3 @@ class Chat:
         self.session.turns.clear()
         self.last_answer = None
         self.session.save()
-
-
-# -- the REPL ---------------------------------------------------------------------------------------------------
-
-HELP = "/sources  cited passages of the last answer\n/history  this conversation\n/reset    start over\n/exit     quit"
-
-
-def shown_sources(answer: Answer | None) -> list[tuple[int, Hit]]:
-    """The passages to show as sources: those cited, else (small models often cite nothing) the best three given."""
-    if answer is None or answer.abstained:
-        return []
-    return answer.sources or list(enumerate(answer.passages[:3], 1))
-
-
-def print_sources(out: Console, answer: Answer) -> None:
-    """The Sources block under an answer (cited passages only; invalid numbers are flagged, not listed)."""
-    from rich.markup import escape
-
-    if answer.abstained:
-        return
-    if answer.sources:
-        out.print("[bold]Sources[/]")
-    elif answer.passages:
-        out.print("[bold]Sources[/] [yellow](the answer cites no passage; these were the best passages given to the model)[/]")
-    for n, h in shown_sources(answer):
-        out.print(f"  [cyan]{escape(source_line(n, h))}[/]")
-    if answer.invalid_citations:
-        nums = ", ".join(f"[{n}]" for n in answer.invalid_citations)
-        out.print(f"[yellow]cites passages that do not exist: {escape(nums)}[/]")
-
-
-def describe_plan(plan: PromptPlan) -> str:
-    """One line for --verbose: how the budget was spent."""
-    return (f"prompt {plan.total_tokens}/{plan.budget} tokens (context {plan.context_length}); "
-            f"{len(plan.passages)} passages ({sum(plan.passage_tokens)} tokens, {plan.dropped_passages} left out); "
-            f"history {len(plan.history)} turns kept, {len(plan.dropped_history)} dropped")  # fmt: skip
-
-
-def answer_to_console(out: Console, err: Console, answer_fn: Callable[..., Answer], *, verbose: bool,
-                      as_json: bool) -> Answer | None:  # fmt: skip
-    """Run `answer_fn(on_text=, cancel=, on_plan=)` streaming to `out`; print the sources (or one JSON line).
-    Returns None when interrupted before an answer existed. Shared by `docqa ask` and `docqa chat`."""
-    cancel = threading.Event()
-
-    def on_text(piece: str) -> None:
-        if not as_json:
-            out.print(piece, end="", markup=False, highlight=False)
-
-    def on_plan(plan: PromptPlan) -> None:
-        if verbose:
-            err.print(f"[dim]{describe_plan(plan)}[/]", highlight=False)
-
-    try:
-        answer = answer_fn(on_text=on_text, cancel=cancel, on_plan=on_plan)
-    except KeyboardInterrupt:
-        err.print("\n[yellow]interrupted[/]")
-        return None
-    if as_json:
-        print(json.dumps(answer.to_json(), ensure_ascii=False), flush=True)
-        return answer
-    out.print()
-    if cancel.is_set():
-        err.print("[yellow]interrupted[/]")
-    print_sources(out, answer)
-    if verbose:
-        t = answer.timings
-        err.print("[dim]" + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + "[/]", highlight=False)
-    return answer
-
-
-def _history_file(settings: Settings) -> Path | None:
-    try:
-        Path(settings.sessions_dir).mkdir(parents=True, exist_ok=True)
-        return Path(settings.sessions_dir) / "input-history.txt"
-    except OSError:
-        return None
-
-
-def _terminal_lines(settings: Settings) -> Iterable[str]:
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
-
-    hist = _history_file(settings)
-    ps: PromptSession = PromptSession(history=FileHistory(str(hist)) if hist else InMemoryHistory())
-    while True:
-        try:
-            yield ps.prompt("? ")
-        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, like a shell
-            continue
-        except EOFError:
-            return
-
-
-def run_repl(chat: Chat, out: Console, err: Console, lines: Iterable[str] | None = None, *,
-             verbose: bool = False, as_json: bool = False) -> None:  # fmt: skip
-    """The chat loop: questions and /commands from `lines` (None = an interactive terminal prompt)."""
-    from rich.markup import escape
-
-    interactive = lines is None
-    source = _terminal_lines(chat.settings) if lines is None else (ln.rstrip("\n") for ln in lines)
-    if interactive:
-        err.print(f"[dim]{len(chat.session.turns)} earlier turns; /help for commands, /exit or Ctrl-D to quit[/]")
-
-    def emit(kind: str, payload: Any, text: str) -> None:
-        if as_json:
-            print(json.dumps({"command": kind, **payload}, ensure_ascii=False), flush=True)
-        else:
-            out.print(text, highlight=False)
-
-    for raw in source:
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            cmd = line.split()[0].lower()
-            if cmd in ("/exit", "/quit"):
-                break
-            if cmd == "/reset":
-                chat.reset()
-                emit("reset", {}, "[dim]conversation cleared[/]")
-            elif cmd == "/history":
-                turns = chat.session.turns
-                text = "\n".join(f"[bold]{i}. {escape(t.question)}[/]\n{escape(t.answer)}" for i, t in enumerate(turns, 1))
-                emit("history", {"turns": [asdict(t) for t in turns]}, text or "[dim]no turns yet[/]")
-            elif cmd == "/sources":
-                src = shown_sources(chat.last_answer)
-                text = "\n\n".join(f"[cyan]{escape(source_line(n, h))}[/]\n{escape(' '.join(h.text.split()))}" for n, h in src)
-                emit("sources", {"sources": [{"n": n, **h.to_json()} for n, h in src]}, text or "[dim]no sources[/]")
-            elif cmd == "/help":
-                emit("help", {"text": HELP}, escape(HELP))
-            else:
-                emit("error", {"error": f"unknown command {cmd}"}, f"[red]unknown command {escape(cmd)}[/] (/help)")
-            continue
-
-        def on_rewrite(q: str, line: str = line) -> None:
-            if verbose and q != line:
-                err.print(f"[dim]standalone question: {escape(q)}[/]")
-
-        try:
-            answer_to_console(out, err, lambda **kw: chat.ask(line, on_rewrite=on_rewrite, **kw),
-                              verbose=verbose, as_json=as_json)  # fmt: skip
-        except DocQAError as e:  # one bad turn (e.g. a question too long for the context) ends nothing
-            err.print(f"[bold red]error:[/] {escape(str(e))}")

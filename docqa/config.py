@@ -8,6 +8,19 @@ Keys are the field names below; environment variables are `DOCQA_` + the upper-c
     chunk_tokens = 200
 
     $ DOCQA_INDEX=/data/kb docqa search "..."
+
+This module is the only place that reads the environment. Three Hugging Face variables are honoured as fallbacks
+when the matching docqa variable is unset (`_external_defaults`): HF_HUB_OFFLINE -> `offline`, HF_HUB_CACHE
+(else $HF_HOME/hub) -> `hf_cache`, and XDG_CACHE_HOME/docqa -> `cache`. Functions elsewhere take these values
+as parameters; the few that may be called without them (library convenience) ask `load_settings()`.
+
+Choices are defined once here as tuples (MODES, LLM_DTYPES, ...): validation and the code that branches on a
+setting use the same tuple, so an unknown value is a ConfigError at load instead of a surprise later (a
+`Settings(...)` built directly is not validated; `load_settings` and `Settings.replace` are):
+
+    >>> load_settings(llm_quantize="int3")
+    Traceback (most recent call last):
+    docqa.errors.ConfigError: llm_quantize must be one of auto, none, int8, int4, got 'int3'
 """
 
 from __future__ import annotations
@@ -22,6 +35,20 @@ from typing import Any, get_type_hints
 from .errors import ConfigError
 
 EMBEDDED_EMBED_MODEL = "all-MiniLM-L6-v2"
+
+#: retrieval modes (`mode`, `docqa search --mode`, `docqa eval --mode`)
+MODES = ("dense", "bm25", "hybrid")
+#: `embed_precision`: auto = bf16 autocast on CPUs with native bf16, else fp32
+EMBED_PRECISIONS = ("auto", "fp32", "bf16")
+#: `llm_dtype` (the ChatGLM2 weights' and activations' precision); LLM_DTYPE_ALIASES are accepted spellings
+LLM_DTYPES = ("auto", "bf16", "fp16", "fp32")
+LLM_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+#: `llm_quantize` (--quantize): auto = int8 for big models on CPU, none elsewhere; none = full weights
+LLM_QUANTIZE = ("auto", "none", "int8", "int4")
+#: `llm_device` (--device); "cuda:N" picks one GPU
+LLM_DEVICES = ("auto", "cpu", "cuda")
+#: `model_hub`: where a hub id such as THUDM/chatglm2-6b is downloaded from (ZhipuAI/... always uses ModelScope)
+MODEL_HUBS = ("huggingface", "modelscope")
 
 
 @dataclass
@@ -41,7 +68,8 @@ class Settings:
     embed_model: str = EMBEDDED_EMBED_MODEL
     embed_batch: int = 32
     embed_device: str = "cpu"
-    embed_precision: str = "auto"  # auto = bf16 on CPUs with native bf16, else fp32
+    embed_precision: str = "auto"  # one of EMBED_PRECISIONS
+    embed_languages: str = ""  # "en,zh": languages the embedding model handles well; "" = guess from its name
     # retrieval
     mode: str = "hybrid"
     top_k: int = 5
@@ -55,8 +83,14 @@ class Settings:
     llm: str = "auto"  # auto | demo | chatglm2 path/id | openai
     llm_url: str = ""
     llm_api_key: str = ""
-    llm_device: str = "auto"
-    llm_dtype: str = "auto"
+    llm_device: str = "auto"  # LLM_DEVICES, or cuda:N
+    llm_dtype: str = "auto"  # LLM_DTYPES (or an alias)
+    llm_quantize: str = "auto"  # LLM_QUANTIZE
+    chatglm2_path: str = ""  # the local ChatGLM2-6B folder `llm = "auto"` / "chatglm2" uses; "" = search hf_cache
+    model_hub: str = "huggingface"  # MODEL_HUBS
+    offline: bool = False  # never download models (fallback: HF_HUB_OFFLINE)
+    hf_cache: Path = Path.home() / ".cache/huggingface/hub"  # fallback: HF_HUB_CACHE, else $HF_HOME/hub
+    cache: Path = Path.home() / ".cache/docqa"  # docqa's own caches (demo model, jieba); fallback: XDG_CACHE_HOME
     max_context: int = 0  # 0 = the model's own
     max_new_tokens: int = 512
     temperature: float = 0.3
@@ -114,9 +148,25 @@ def _apply(s: Settings, values: dict[str, Any], origin: str) -> Settings:
     return new
 
 
+def _one_of(name: str, value: str, allowed: tuple[str, ...], also: tuple[str, ...] = ()) -> None:
+    if value not in allowed and value not in also:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def valid_device(value: str) -> bool:
+    """True for an LLM_DEVICES entry or an indexed GPU such as "cuda:1"."""
+    base, colon, index = value.partition(":")
+    return value in LLM_DEVICES or (base == "cuda" and bool(colon) and index.isdigit())
+
+
 def _validate(s: Settings) -> None:
-    if s.mode not in ("dense", "bm25", "hybrid"):
-        raise ConfigError(f"mode must be dense, bm25 or hybrid, got {s.mode!r}")
+    _one_of("mode", s.mode, MODES)
+    _one_of("embed_precision", s.embed_precision, EMBED_PRECISIONS)
+    _one_of("llm_dtype", s.llm_dtype, LLM_DTYPES, tuple(LLM_DTYPE_ALIASES))
+    _one_of("llm_quantize", s.llm_quantize, LLM_QUANTIZE)
+    _one_of("model_hub", s.model_hub, MODEL_HUBS)
+    if not valid_device(s.llm_device):
+        raise ConfigError(f"llm_device must be one of {', '.join(LLM_DEVICES)} or cuda:N, got {s.llm_device!r}")
     if s.chunk_tokens < 16:
         raise ConfigError("chunk_tokens must be at least 16")
     if not 0 <= s.chunk_overlap < s.chunk_tokens:
@@ -127,9 +177,30 @@ def _validate(s: Settings) -> None:
         raise ConfigError("fusion weights must be >= 0")
 
 
+def _external_defaults() -> dict[str, str]:
+    """Defaults taken from other tools' environment variables (HF_*, XDG_*), as raw strings for `_apply`.
+
+    They sit between the built-in defaults and the config file: a config key or DOCQA_* variable still wins.
+    """
+    env = os.environ
+    out: dict[str, str] = {}
+    if "HF_HUB_OFFLINE" in env:
+        out["offline"] = env["HF_HUB_OFFLINE"]
+    if env.get("HF_HUB_CACHE"):
+        out["hf_cache"] = env["HF_HUB_CACHE"]
+    elif env.get("HF_HOME"):
+        out["hf_cache"] = str(Path(env["HF_HOME"]) / "hub")
+    if env.get("XDG_CACHE_HOME"):
+        out["cache"] = str(Path(env["XDG_CACHE_HOME"]) / "docqa")
+    return out
+
+
 def load_settings(**flags: Any) -> Settings:
-    """Build the settings: defaults, then the config file, then DOCQA_* variables, then `flags`."""
-    s = Settings()
+    """Build the settings: defaults, then the config file, then DOCQA_* variables, then `flags`.
+
+    HF_HUB_OFFLINE / HF_HUB_CACHE / HF_HOME / XDG_CACHE_HOME count as defaults (see `_external_defaults`).
+    """
+    s = _apply(Settings(), _external_defaults(), "environment (HF_*/XDG_*)")
     path = _config_path()
     if path is not None:
         try:

@@ -1,4 +1,4 @@
-"""The dataclasses that flow through docqa: Document -> Chunk -> Hit -> Answer.
+"""The dataclasses that flow through docqa: Document -> Chunk -> Hit (in a SearchResult) -> Answer.
 
 A `Document` keeps its text as one string; pages and sections are *offset maps* into that string, so any
 character range (a chunk) can be labelled with its page and section by a binary search:
@@ -11,8 +11,9 @@ character range (a chunk) can be labelled with its page and section by a binary 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,41 @@ class Hit:
             "text": self.text,
             "scores": {k: round(float(v), 6) for k, v in self.scores.items()},
         }
+
+
+@dataclass
+class SearchResult:
+    """What `Retriever.search` returns: the hits, best first, with how long each step took and the fusion weights.
+
+        >>> result = retriever.search("怎么解压 tar.gz 文件？", k=5)
+        >>> [h.location for h in result][:1], len(result), result.weights, sorted(result.timings)
+        (['tar.txt'], 5, (0.0, 1.3), ['bm25', 'dense', 'embed', 'retrieval'])
+
+    It reads like the list of its hits (iterate, index, slice, `len`, truthiness), so code that only walks the
+    hits needs no change; `list(result)` or `result.hits` gives the plain list. `timings` are seconds per step
+    ("embed", "dense", "bm25", "rerank", "retrieval" = all of them); `weights` are the (dense, bm25) RRF weights
+    of a hybrid search, None in the other modes. Unlike attributes on the retriever, these belong to this one
+    search and cannot go stale."""
+
+    hits: list[Hit] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    weights: tuple[float, float] | None = None
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    @overload
+    def __getitem__(self, i: int) -> Hit: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Hit]: ...
+    def __getitem__(self, i: int | slice) -> Hit | list[Hit]:
+        return self.hits[i]
+
+    def __bool__(self) -> bool:
+        return bool(self.hits)
 
 
 @dataclass

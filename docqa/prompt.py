@@ -34,9 +34,9 @@ from pathlib import Path
 
 from .config import Settings
 from .documents import Hit
-from .errors import DocQAError
+from .errors import PromptTooLongError
 from .generate.base import Generator, Message
-from .lang import detect_language
+from .text import detect_language
 
 #: tokens kept free for what the model adds around the rendered text (ChatGLM2: [gMASK] sop)
 PREFIX_MARGIN = 4
@@ -45,14 +45,6 @@ HISTORY_SHARE = 0.5
 
 # citation markers in old answers point to passages of an earlier turn: strip them from history
 _OLD_CITATION = re.compile(r"\s?[\[【]\s*\d+(?:\s*[,，、\-–]\s*\d+)*\s*[\]】]")
-
-
-class PromptTooLongError(DocQAError):
-    """The instruction and the question alone do not fit in the model's context."""
-
-
-# A base model loses the thread in a long context: give it the best few passages only (unless max_passages says).
-BASE_MODEL_PASSAGES = 3
 
 
 @dataclass(frozen=True)
@@ -196,7 +188,9 @@ def build_prompt(
             "lower max_new_tokens or raise max_context"
         )
     candidates = list(hits)
-    limit = settings.max_passages if settings.max_passages > 0 else (0 if generator.is_chat_model else BASE_MODEL_PASSAGES)
+    # `max_passages` caps the count when set; else the generator's own limit (a base model loses the thread in a
+    # long context, the extractive answerer quotes the best few), else the budget decides
+    limit = settings.max_passages if settings.max_passages > 0 else generator.passage_limit
     if limit > 0:
         candidates = candidates[:limit]
     blocks = [format_passage(i + 1, h) for i, h in enumerate(candidates)]

@@ -25,8 +25,9 @@ import numpy as np
 
 from docqa.config import EMBEDDED_EMBED_MODEL
 from docqa.embed import Embedder
+from docqa.text import HAN
 
-_TOKEN = re.compile(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff]+|[^\w\s]")
+_TOKEN = re.compile(f"[{HAN}]|[^\\W{HAN}]+|[^\\w\\s]")  # one token per Han character, else per word
 
 
 class HashEmbedder(Embedder):
@@ -73,7 +74,7 @@ def install() -> None:
 
 
 def _install_crash(point: str, n: int) -> None:
-    import docqa.store as store
+    import docqa.store.files as store  # write_atomic lives there; the store modules call it through it
 
     if point not in CRASH_POINTS:
         raise SystemExit(f"unknown crash point {point}")

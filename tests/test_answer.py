@@ -66,9 +66,12 @@ class Scripted(Generator):
     def stream(self, prompt, options=None):
         self.prompts.append(prompt)
         self.options.append(options)
-        for i, p in enumerate(self.pieces):
+        limit = options.max_new_tokens if options is not None else len(self.pieces)
+        for i, p in enumerate(self.pieces[:limit]):  # one piece = one token (the Generator contract)
             if self.interrupt_after is not None and i == self.interrupt_after:
                 raise KeyboardInterrupt
+            if options is not None and options.cancel is not None and options.cancel.is_set():
+                return
             yield p
 
 

@@ -1,13 +1,11 @@
-"""docqa.chat: follow-up rewriting, sessions, and `docqa chat` scripted through stdin with the real demo model."""
+"""docqa.chat: follow-up rewriting, sessions and turns (the library; `docqa chat` itself is in test_cli_repl.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import build_kb
 from docqa.chat import (
     Chat,
     Session,
@@ -153,90 +151,3 @@ def test_chat_records_turns_and_feeds_history(tmp_path):
     assert len(Session.load(tmp_path, "t").turns) == 2  # saved after each turn
     chat.reset()
     assert Session.load(tmp_path, "t").turns == [] and chat.last_answer is None
-
-
-# -- docqa chat, scripted through stdin, real knowledge base and demo model -------------------------------------
-
-DOCS = {
-    "nginx.md": "# nginx\n\nInstall nginx with `sudo apt install nginx`. The web server starts automatically.\n\n"
-    "The nginx configuration file is /etc/nginx/nginx.conf. After editing it, run `sudo nginx -s reload`.\n",
-    "postgres.md": "# PostgreSQL\n\nInstall PostgreSQL with `sudo apt install postgresql`. The database starts "
-    "automatically.\n\nThe PostgreSQL configuration file is /etc/postgresql/15/main/postgresql.conf.\n",
-    "redis.md": "# Redis\n\nInstall Redis with `sudo apt install redis-server`. Redis listens on port 6379.\n\n"
-    "The Redis configuration file is /etc/redis/redis.conf. Restart redis-server after editing it.\n",
-}
-
-runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def kb(tmp_path_factory, embedder):
-    return build_kb(tmp_path_factory.mktemp("chat"), DOCS, embedder).index
-
-
-@pytest.fixture
-def cli(demo, kb, tmp_path, monkeypatch):
-    """Run `docqa chat` with stdin lines; the demo model is loaded once per module, not per command."""
-    import docqa.generate
-    from docqa.cli import app
-
-    monkeypatch.setattr(docqa.generate, "get_generator", lambda settings, progress=None: demo)
-    monkeypatch.setenv("DOCQA_SESSIONS_DIR", str(tmp_path / "sessions"))
-    monkeypatch.setenv("DOCQA_MAX_NEW_TOKENS", "16")
-
-    def run(lines: list[str], *args: str):
-        r = runner.invoke(app, ["chat", "--index", str(kb), "--model", "demo", "--temperature", "0", *args],
-                          input="".join(line + "\n" for line in lines), catch_exceptions=False)  # fmt: skip
-        assert r.exit_code == 0, r.output
-        return r
-
-    run.sessions = tmp_path / "sessions"
-    return run
-
-
-def json_lines(r) -> list[dict]:
-    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-
-
-def test_scripted_chat_rewrites_the_follow_up_for_retrieval(cli):
-    r = cli(["How do I install nginx?", "Where is its configuration file?", "/history", "/sources", "/reset",
-             "/history", "/exit", "Never asked?"], "--json")  # fmt: skip
-    first, second, hist, sources, reset, hist2 = json_lines(r)
-    assert first["rewritten_query"] is None and first["passages"][0]["source"].endswith("nginx.md")
-    # alone, "Where is its configuration file?" matches every document equally; with the first turn it is nginx's
-    assert "nginx" in second["rewritten_query"] and second["rewritten_query"].startswith("Where is its configuration")
-    assert second["passages"][0]["source"].endswith("nginx.md")
-    assert "/etc/nginx/nginx.conf" in second["passages"][0]["text"]
-    assert [t["question"] for t in hist["turns"]] == ["How do I install nginx?", "Where is its configuration file?"]
-    assert sources["command"] == "sources"
-    assert reset["command"] == "reset" and hist2["turns"] == []
-    assert "Never asked" not in r.stdout  # /exit ended the loop
-    assert "demo model" in r.stderr  # DEMO_NOTICE, once, on stderr
-    assert r.stderr.count("built-in demo model") == 1
-
-
-def test_verbose_shows_the_standalone_question_and_sources(cli):
-    r = cli(["How do I install nginx?", "Where is its configuration file?"], "--verbose")
-    assert "standalone question: Where is its configuration file? (install nginx)" in " ".join(r.stderr.split())
-    assert "prompt " in r.stderr and "tokens" in r.stderr
-
-
-def test_session_is_saved_and_resumed(cli):
-    cli(["How do I install nginx?"], "--session", "ops", "--json")
-    saved = json.loads((cli.sessions / "ops.json").read_text(encoding="utf-8"))
-    assert [t["question"] for t in saved["turns"]] == ["How do I install nginx?"]
-    r = cli(["/history", "Where is its configuration file?"], "--session", "ops", "--json")
-    hist, answer = json_lines(r)
-    assert [t["question"] for t in hist["turns"]] == ["How do I install nginx?"]
-    assert "nginx" in answer["rewritten_query"] and answer["passages"][0]["source"].endswith("nginx.md")
-    assert len(json.loads((cli.sessions / "ops.json").read_text(encoding="utf-8"))["turns"]) == 2
-    # a new, unnamed chat knows nothing of it
-    r = cli(["Where is its configuration file?"], "--json")
-    assert json_lines(r)[0]["rewritten_query"] is None
-
-
-def test_bad_session_name_fails_cleanly(cli, demo, kb):
-    from docqa.cli import app
-
-    r = runner.invoke(app, ["chat", "--index", str(kb), "--session", "../x"], input="")
-    assert r.exit_code == 1 and "session name" in r.stderr

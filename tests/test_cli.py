@@ -1,4 +1,4 @@
-"""The `docqa` command end to end (Typer's runner, real models)."""
+"""The `docqa` command end to end (Typer's runner, real embedding model), its exit codes and flags."""
 
 import json
 import os
@@ -9,7 +9,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from docqa.cli import app
+from docqa.cli import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, exit_code_for
+from docqa.errors import DocQAError
+from docqa.generate.base import Generator
 
 runner = CliRunner()
 
@@ -88,3 +90,131 @@ def test_help_is_fast_and_imports_no_torch():
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "docqa", "--help"], check=True, capture_output=True)
     assert time.perf_counter() - t < 3  # generous for a loaded CI machine; the benchmark reports the real figure
+
+
+# -- exit codes, flags, layering --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # `docqa` alone prints the help, as a usage error
+        ["bogus"],
+        ["search"],  # missing argument
+        ["search", "x", "--no-such-flag"],
+        ["search", "x", "-k", "many"],
+        ["ask", "q", "--quantize", "int3"],
+    ],
+)
+def test_usage_errors_exit_1_not_2(args):
+    """Click exits 2 for usage errors; the README keeps 2 for "some files failed"."""
+    r = runner.invoke(app, args)
+    assert r.exit_code == EXIT_FATAL == 1, r.output
+
+
+def test_the_installed_script_exits_1_on_a_usage_error():
+    r = subprocess.run([sys.executable, "-m", "docqa", "search", "--no-such-flag"], capture_output=True, text=True)
+    assert r.returncode == 1 and "--no-such-flag" in r.stderr
+
+
+def _docqa_errors(cls=DocQAError):
+    return [cls] + [c for sub in cls.__subclasses__() for c in _docqa_errors(sub)]
+
+
+@pytest.mark.parametrize("error", _docqa_errors(), ids=lambda c: c.__name__)
+def test_every_docqa_error_maps_to_exit_1_in_one_line(error, monkeypatch, tmp_path):
+    assert exit_code_for(error("boom")) == EXIT_FATAL
+
+    def fail(**flags):
+        raise error("boom: run `docqa rebuild`")
+
+    monkeypatch.setattr("docqa.config.load_settings", fail)
+    r = runner.invoke(app, ["list", "--index", str(tmp_path)])
+    assert r.exit_code == EXIT_FATAL
+    assert r.stderr.strip() == "error: boom: run `docqa rebuild`" and r.stdout == ""
+
+
+def test_exit_code_constants_match_the_readme():
+    assert (EXIT_OK, EXIT_FATAL, EXIT_PARTIAL, EXIT_INTERRUPTED) == (0, 1, 2, 130)
+
+
+class Recorder(Generator):
+    """A model that records the settings it was made with and the prompt it got, and cites passage 1."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.settings, self.prompts = None, []
+
+    def stream(self, prompt, options=None):
+        self.prompts.append(prompt)
+        yield "Run python3 -m venv [1]."
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    import docqa.generate
+
+    gen = Recorder()
+
+    def get_generator(settings, progress=None):
+        gen.settings = settings
+        return gen
+
+    monkeypatch.setattr(docqa.generate, "get_generator", get_generator)
+    return gen
+
+
+@pytest.mark.parametrize("flag", ["-k", "--top-k", "--max-passages"])
+def test_k_means_top_k_in_search_and_ask(kb, recorder, flag):
+    """`-k 1`: search shows one passage and ask gives the model one passage (setting max_passages)."""
+    q = "How do I create a virtual environment?"
+    if flag != "--max-passages":  # search has no --max-passages
+        r = run("search", q, "--index", kb, flag, "1", "--json")
+        assert len(json.loads(r.stdout)["results"]) == 1
+    r = run("ask", q, "--index", kb, "--model", "demo", flag, "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert recorder.settings.max_passages == 1 and len(json.loads(r.stdout)["passages"]) == 1
+    r = run("ask", q, "--index", kb, "--model", "demo", "--json")
+    assert recorder.settings.max_passages == 0 and len(json.loads(r.stdout)["passages"]) > 1
+
+
+def test_quantize_and_device_reach_the_settings(kb, recorder):
+    r = run("ask", "How do I create a virtual environment?", "--index", kb, "--model", "demo",
+            "--quantize", "int4", "--device", "cpu", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (recorder.settings.llm_quantize, recorder.settings.llm_device) == ("int4", "cpu")
+    r = run("ask", "x", "--index", kb, "--model", "demo", "--device", "tpu")
+    assert r.exit_code == 1 and "llm_device" in r.stderr
+
+
+def test_skipped_files_are_counted_per_reason(docs_dir, tmp_path):
+    for name in ("a.png", "b.png", "c.jpg"):
+        (docs_dir / name).write_bytes(b"\x89PNG")
+    r = run("ingest", docs_dir, "--index", tmp_path / "kb")
+    assert r.exit_code == 0, r.output
+    stderr = " ".join(r.stderr.split())  # Rich wraps stderr at the terminal width
+    assert "skipped 3 (use --json for the list): unsupported file type .jpg, 2 × unsupported file type .png" in stderr
+
+
+def test_the_library_never_imports_the_cli_and_chat_has_no_terminal_code():
+    import ast
+    from pathlib import Path
+
+    import docqa
+
+    root = Path(docqa.__file__).parent
+    for path in root.rglob("*.py"):
+        if root / "cli" in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n in ("cli", ".cli", "..cli", "docqa.cli") or n.startswith(("docqa.cli.", ".cli."))
+                           for n in names) or path.name == "__main__.py", path  # fmt: skip
+            if path.name == "chat.py":
+                assert not any(n.split(".")[0] in ("rich", "typer", "prompt_toolkit") for n in names), names

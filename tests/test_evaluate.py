@@ -6,7 +6,7 @@ import pytest
 
 from docqa.documents import Hit
 from docqa.errors import ConfigError, DocQAError
-from docqa.evaluate import QAItem, evaluate, first_hit_rank, judge, load_qa, markdown_table, metrics, parse_modes
+from docqa.evaluate import MAX_K, QAItem, evaluate, first_hit_rank, judge, load_qa, markdown_table, metrics, parse_modes
 
 
 def hit(text="", source="docs/a.pdf", page=None, cid=0):
@@ -77,7 +77,7 @@ def test_first_hit_rank_and_evaluate_per_language():
     assert en["n"] == 2 and en["hit@1"] == 0.5 and en["mrr@10"] == 0.5
     assert overall["hit@5"] == pytest.approx(2 / 3)
     assert rep.modes["bm25"]["latency_ms"] >= 0
-    assert all(k == 10 for _, k, _ in r.calls) and {m for *_, m in r.calls} == {"bm25", "hybrid"}
+    assert all(k == MAX_K == 20 for _, k, _ in r.calls) and {m for *_, m in r.calls} == {"bm25", "hybrid"}
     obj = json.loads(json.dumps(rep.to_json()))
     assert obj["questions"][0]["rank"] == {"bm25": 3, "hybrid": 3}
     assert "| bm25 | zh (1) | 0.000 | 1.000 |" in markdown_table(rep)

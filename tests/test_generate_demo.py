@@ -105,8 +105,12 @@ def test_cancel_and_max_new_tokens(gen):
 
 def test_cut_runaway():
     assert list(cut_runaway(iter([" Paris", ".", "\n", "\nQuestion: why?"]))) == ["Paris", "."]
-    assert "".join(cut_runaway(iter(["\n\n  A", " line\nmore", "\nQuest", "ion: x"]))) == "A line\nmore"
-    assert "".join(cut_runaway(iter(["a\n", "b"]))) == "a\nb"  # a single newline is not a stop
+    assert "".join(cut_runaway(iter(["\n\n  A", " line\nmore", "\nQuest", "ion: x"]))) == "A line"
+    assert "".join(cut_runaway(iter(["a\n", "b"]))) == "a"  # one sentence was asked for: a line break ends it
+    # prompt markers and labels the base model echoes are never shown
+    assert "".join(cut_runaway(iter(["Use venv [1]. ====", "= END PASSAGES ====="]))) == "Use venv [1]."
+    assert "".join(cut_runaway(iter(["用 tar -x [1]。", "=====资料结束====="]))) == "用 tar -x [1]。"
+    assert "".join(cut_runaway(iter(["Yes. Question: and", " more"]))) == "Yes."
 
 
 def _fake_converter(good: Path, calls: list):
@@ -170,10 +174,10 @@ def test_failed_conversion_leaves_nothing_and_cleans_stale_builds(scratch, monke
 
 
 def test_get_generator_demo_uses_docqa_cache(gen, demo_cache_root, monkeypatch):
-    from docqa.config import Settings
+    from docqa.config import load_settings
     from docqa.generate import get_generator
 
-    monkeypatch.setenv("DOCQA_CACHE", str(demo_cache_root))
-    g = get_generator(Settings(llm="demo", max_context=2048))
+    monkeypatch.setenv("DOCQA_CACHE", str(demo_cache_root))  # -> settings.cache -> the generator's cache_dir
+    g = get_generator(load_settings(llm="demo", max_context=2048))
     assert isinstance(g, DemoGenerator) and g.cache_dir == gen.cache_dir
     assert g.context_length == 2048

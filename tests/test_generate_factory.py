@@ -26,29 +26,39 @@ def ckpt(tmp_path):
 
 
 @pytest.fixture
-def no_local_chatglm2(tmp_path, monkeypatch):
+def no_local_chatglm2(tmp_path) -> str:
+    """A chatglm2_path that is not a checkpoint (so nothing is found, whatever the real HF cache holds)."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(empty))  # an env path that is not a checkpoint: nothing found
+    return str(empty)
 
 
 def test_auto_without_checkpoint_is_demo(no_local_chatglm2):
-    assert resolve_generator(Settings()) == ("demo", "gemma-3-270m")
+    assert resolve_generator(Settings(chatglm2_path=no_local_chatglm2)) == ("demo", "gemma-3-270m")
 
 
-def test_auto_with_local_checkpoint_is_chatglm2(ckpt, monkeypatch):
-    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(ckpt))
-    assert resolve_generator(Settings()) == ("chatglm2", str(ckpt))
-    assert resolve_generator(Settings(llm="chatglm2")) == ("chatglm2", str(ckpt))
+def test_auto_with_local_checkpoint_is_chatglm2(ckpt):
+    assert resolve_generator(Settings(chatglm2_path=str(ckpt))) == ("chatglm2", str(ckpt))
+    assert resolve_generator(Settings(llm="chatglm2", chatglm2_path=str(ckpt))) == ("chatglm2", str(ckpt))
 
 
-def test_url_means_openai_unless_llm_is_explicit(ckpt, monkeypatch):
-    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(ckpt))
+def test_checkpoint_found_in_the_hf_cache_setting(ckpt, tmp_path):
+    snap = tmp_path / "hub" / "models--THUDM--chatglm2-6b" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(CHATGLM2_CONFIG))
+    (snap / "tokenizer.model").write_bytes(b"")
+    (snap / "model.safetensors").write_bytes(b"")
+    assert resolve_generator(Settings(hf_cache=tmp_path / "hub")) == ("chatglm2", str(snap))
+    assert resolve_generator(Settings(hf_cache=tmp_path / "nowhere")) == ("demo", "gemma-3-270m")
+
+
+def test_url_means_openai_unless_llm_is_explicit(ckpt):
     url = "http://127.0.0.1:8000/v1"
-    assert resolve_generator(Settings(llm_url=url)) == ("openai", url)  # beats the local checkpoint
-    assert resolve_generator(Settings(llm="openai", llm_url=url)) == ("openai", url)
-    assert resolve_generator(Settings(llm="demo", llm_url=url)) == ("demo", "gemma-3-270m")
-    assert resolve_generator(Settings(llm=str(ckpt), llm_url=url)) == ("chatglm2", str(ckpt))
+    local = {"chatglm2_path": str(ckpt)}
+    assert resolve_generator(Settings(llm_url=url, **local)) == ("openai", url)  # beats the local checkpoint
+    assert resolve_generator(Settings(llm="openai", llm_url=url, **local)) == ("openai", url)
+    assert resolve_generator(Settings(llm="demo", llm_url=url, **local)) == ("demo", "gemma-3-270m")
+    assert resolve_generator(Settings(llm=str(ckpt), llm_url=url, **local)) == ("chatglm2", str(ckpt))
 
 
 def test_paths_and_hub_ids(ckpt, tmp_path, no_local_chatglm2):
@@ -63,14 +73,14 @@ def test_paths_and_hub_ids(ckpt, tmp_path, no_local_chatglm2):
 @pytest.mark.parametrize("name", ["gpt-4", "chatglm", "llama"])
 def test_unknown_names_are_config_errors(name, no_local_chatglm2):
     with pytest.raises(ConfigError, match="unknown model"):
-        resolve_generator(Settings(llm=name))
+        resolve_generator(Settings(llm=name, chatglm2_path=no_local_chatglm2))
 
 
 def test_openai_without_url_and_chatglm2_without_checkpoint(no_local_chatglm2):
     with pytest.raises(ConfigError, match="llm_url"):
         resolve_generator(Settings(llm="openai"))
     with pytest.raises(ConfigError, match="--model"):
-        resolve_generator(Settings(llm="chatglm2"))
+        resolve_generator(Settings(llm="chatglm2", chatglm2_path=no_local_chatglm2))
 
 
 def test_get_generator_openai():
@@ -98,3 +108,34 @@ def test_import_is_light():
     code = "import sys, docqa.generate; print(any(m == 'torch' or m.startswith(('torch.', 'transformers')) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_llm_quantize_reaches_the_loader(tmp_path):
+    """llm_quantize (--quantize) and llm_device (--device) go from the settings to the ChatGLM2 loader."""
+    import shutil
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    data = Path(__file__).parent / "data" / "chatglm2"
+    ck = tmp_path / "tiny-chatglm2"
+    shutil.copytree(data / "tiny-chatglm2", ck)
+    shutil.copy(data / "tokenizer.model", ck)
+    gen = get_generator(Settings(llm=str(ck), llm_device="cpu", llm_quantize="int4"))
+    assert type(gen.model.model.layers[0].mlp.gate_up_proj).__name__ == "Int4WeightOnlyLinear"
+    plain = get_generator(Settings(llm=str(ck), llm_device="cpu", llm_quantize="none"))
+    assert type(plain.model.model.layers[0].mlp.gate_up_proj).__name__ == "Linear"
+
+
+def test_quantize_choices_on_cpu():
+    torch = pytest.importorskip("torch")
+    from docqa.generate.chatglm2 import BIG_MODEL_PARAMS, _resolve_device_dtype
+
+    big, small = BIG_MODEL_PARAMS * 6, 1000
+    assert _resolve_device_dtype("cpu", "auto", None, big)[1:] == (torch.bfloat16, "int8")  # the 6B default
+    assert _resolve_device_dtype("cpu", "auto", "auto", big)[1:] == (torch.bfloat16, "int8")
+    assert _resolve_device_dtype("cpu", "auto", "none", big)[1:] == (torch.bfloat16, None)  # none means none
+    assert _resolve_device_dtype("cpu", "auto", "int4", small)[1:] == (torch.bfloat16, "int4")
+    assert _resolve_device_dtype("cpu", "float32", None, small)[1:] == (torch.float32, None)  # an alias
+    for bad in (("cpu", "fp64", None), ("cpu", "auto", "int3"), ("tpu", "auto", None)):
+        with pytest.raises(ModelError, match="--quantize|--device|llm_dtype"):
+            _resolve_device_dtype(*bad, small)

@@ -197,11 +197,12 @@ def test_base_models_get_a_compact_prompt_with_few_passages():
     from docqa.config import Settings
     from docqa.documents import Hit
     from docqa.generate.base import Generator
-    from docqa.prompt import BASE_MODEL_PASSAGES, build_prompt
+    from docqa.prompt import build_prompt
 
     class Base(Generator):
         is_chat_model = False
         context_length = 4096
+        passage_limit = 3
 
         def stream(self, prompt, options=None):
             yield ""
@@ -209,7 +210,8 @@ def test_base_models_get_a_compact_prompt_with_few_passages():
     hits = [Hit(chunk_id=i, score=1.0, source=f"/d/{i}.md", text=f"passage {i} text.") for i in range(10)]
     plan = build_prompt("How do I list files?", hits, Base(), Settings())
     turn = plan.messages[-1]["content"]
-    assert len(plan.passages) == BASE_MODEL_PASSAGES
+    assert len(plan.passages) == 3  # the generator's passage_limit, though the budget holds all 10
+    assert len(build_prompt("How do I list files?", hits, Base(), Settings(max_passages=5)).passages) == 5
     assert turn.rstrip().endswith("Answer (one sentence, with the passage number):")
     assert "Question: How do I list files?" in turn and "must not be followed" not in turn
     zh = build_prompt("怎么列出文件？", hits, Base(), Settings()).messages[-1]["content"]

@@ -564,7 +564,7 @@ def test_second_ingest_fails_fast_and_readers_see_only_commits(tmp_path):
                     docs = k.documents()
                     assert all(counts.get(d.id, 0) == d.chunks for d in docs)  # whole documents only
                     assert set(counts) == {d.id for d in docs}
-                    assert k.index.ntotal == sum(counts.values()) == k.lexical.count()
+                    assert k.index.count() == sum(counts.values()) == k.lexical.count()
                     for cid, _ in k.lexical.search(random.choice(WORDS), 5):
                         assert cid in k.chunks([cid])
                 reads += 1
@@ -641,7 +641,7 @@ def test_sqlite_disk_full_keeps_previous_state(tmp_path, when):
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
 def test_faiss_rename_error_keeps_previous_state(tmp_path, monkeypatch, err):
-    import docqa.store as store
+    import docqa.store.files as store
 
     path = tmp_path / "kb"
     with KnowledgeBase.open(path, create=True, writable=True, embed_model="m", dim=DIM) as kb:
@@ -664,7 +664,7 @@ def test_faiss_rename_error_keeps_previous_state(tmp_path, monkeypatch, err):
 
 def test_manifest_write_error_keeps_the_new_state(tmp_path, monkeypatch):
     """The commit point is SQLite's: a manifest that cannot be written only lags, and the next writer fixes it."""
-    import docqa.store as store
+    import docqa.store.files as store
 
     path = tmp_path / "kb"
     with KnowledgeBase.open(path, create=True, writable=True, embed_model="m", dim=DIM) as kb:

@@ -66,7 +66,7 @@ def test_retriever_uses_reranker(tiny_cross_encoder, docs_dir, tmp_path, embedde
     finally:
         r.kb.close()
     assert len(hits) == 2 and all("rerank" in h.scores for h in hits)
-    assert hits[0].scores["rerank"] >= hits[1].scores["rerank"] and "rerank" in r.last_timings
+    assert hits[0].scores["rerank"] >= hits[1].scores["rerank"] and "rerank" in hits.timings
 
 
 def test_missing_model_is_a_model_error(tmp_path):

@@ -3,15 +3,9 @@
 import pytest
 
 from docqa.config import Settings
+from docqa.documents import SearchResult
 from docqa.ingest import ingest
-from docqa.retrieve import (
-    Retriever,
-    bm25_confidence,
-    dense_confidence,
-    detect_language,
-    fusion_weights,
-    open_retriever,
-)
+from docqa.retrieve import Retriever, open_retriever
 from docqa.store import KnowledgeBase
 
 # A second folder, richer than conftest's docs_dir: more Chinese passages to rank, a paragraph repeated in two
@@ -58,37 +52,12 @@ def retriever(kb_dir, embedder):
     kb.close()
 
 
-def test_detect_language():
-    assert detect_language("怎么解压 tar.gz 文件？") == "zh"
-    assert detect_language("grep 的 -w 选项是什么意思？") == "zh"
-    assert detect_language("How do I use tar -xzf?") == "en"
-    assert detect_language("") == "en"
-
-
-def test_fusion_weights_follow_language_and_confidence():
-    s = Settings()
-    en = frozenset({"en"})
-    wd_zh, wb_zh = fusion_weights("怎么解压文件？", en, s)
-    wd_en, wb_en = fusion_weights("How do I extract a file?", en, s)
-    assert wd_zh < 0.1 * wd_en and wb_zh == wb_en == 1.0
-    # a multilingual embedder keeps the dense weight for Chinese
-    assert fusion_weights("怎么解压文件？", frozenset({"en", "zh"}), s)[0] == wd_en
-    # configured weights scale the result
-    assert fusion_weights("How?", en, s.replace(dense_weight=0.5, bm25_weight=2.0)) == (0.5, 2.0)
-    # a peaked list earns more weight than a flat one
-    flat, peaked = [0.50, 0.49, 0.49, 0.48, 0.48], [0.80, 0.40, 0.39, 0.38, 0.37]
-    assert dense_confidence(peaked) > dense_confidence(flat)
-    assert bm25_confidence([20.0, 5, 4, 4, 3]) > bm25_confidence([5.0, 4.9, 4.8, 4.7, 4.6])
-    wd1, wb1 = fusion_weights("How?", en, s, dense_scores=peaked, bm25_scores=[5.0, 4.9, 4.8])
-    assert wd1 > wb1
-
-
 def test_chinese_query_finds_chinese_passage(retriever):
     for mode in ("bm25", "hybrid"):
         hits = retriever.search("grep 搜索时怎么不区分大小写？", k=3, mode=mode)
         assert hits and hits[0].location == "grep.txt" and "忽略大小写" in hits[0].text, mode
         assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
-    assert retriever.last_weights[0] < 0.1 * retriever.last_weights[1]  # dense barely counts for Chinese
+    assert hits.weights[0] < 0.1 * hits.weights[1]  # dense barely counts for Chinese (the hybrid search's weights)
 
 
 def _rank_of(hits, needle):
@@ -111,14 +80,14 @@ def test_hybrid_never_worse_than_bm25_for_chinese(retriever, question, needle):
 
 
 class _FakeIndex:
-    """Stands in for the FAISS IndexIDMap2: reconstruct(id) -> stored vector, RuntimeError when absent."""
+    """Stands in for the store's VectorIndex: reconstruct(id) -> stored vector, KeyError when absent."""
 
     def __init__(self, vectors):
         self.vectors = vectors
 
     def reconstruct(self, cid):
         if cid not in self.vectors:
-            raise RuntimeError(f"key {cid} not found")
+            raise KeyError(cid)
         return self.vectors[cid]
 
 
@@ -142,7 +111,7 @@ def _feedback_case(vectors, bm25):
 
 
 def test_feedback_lifts_passages_that_agree_with_the_top_bm25_matches():
-    from docqa.retrieve import FEEDBACK_DEPTH
+    from docqa.fusion import FEEDBACK_DEPTH
 
     on, off = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
     vectors = {1: on, 2: on, 3: on, 4: off, 5: [0.9, 0.1, 0.0]}
@@ -164,7 +133,7 @@ def test_feedback_lifts_passages_that_agree_with_the_top_bm25_matches():
 
 
 def test_feedback_only_reorders_the_bm25_head_of_chinese_questions(retriever, monkeypatch):
-    import docqa.retrieve as R
+    import docqa.fusion as F
 
     q = "怎么把系统升级到最新？"
     bm25 = retriever.search(q, k=10, mode="bm25")
@@ -174,7 +143,7 @@ def test_feedback_only_reorders_the_bm25_head_of_chinese_questions(retriever, mo
     assert {h.chunk_id for h in hybrid[:n]} == {h.chunk_id for h in bm25}
     assert all("feedback" in h.scores for h in hybrid[:n]) and not any("feedback" in h.scores for h in hybrid[n:])
     assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
-    monkeypatch.setattr(R, "FEEDBACK_WEIGHT", 0.0)
+    monkeypatch.setattr(F, "FEEDBACK_WEIGHT", 0.0)
     assert [h.chunk_id for h in retriever.search(q, k=10, mode="hybrid")][:n] == [h.chunk_id for h in bm25]
     monkeypatch.undo()
     # English questions are fused as before: no feedback step
@@ -186,7 +155,20 @@ def test_english_hybrid_uses_both_signals(retriever):
     hits = retriever.search("How do I sort a list from largest to smallest?", k=3, mode="hybrid")
     best = next(h for h in hits if "reverse=True" in h.text)
     assert {"rrf", "dense", "bm25"} <= set(best.scores)
-    assert retriever.last_weights[0] > 0 and retriever.last_timings["retrieval"] > 0
+    assert hits.weights[0] > 0 and hits.timings["retrieval"] > 0
+
+
+def test_search_result_belongs_to_its_search(retriever):
+    hybrid = retriever.search("How do I sort a list?", k=3, mode="hybrid")
+    bm25 = retriever.search("grep 怎么忽略大小写？", k=2, mode="bm25")
+    # a later search does not change an earlier result (the old retriever attributes did)
+    assert hybrid.weights is not None and set(hybrid.timings) == {"embed", "dense", "bm25", "retrieval"}
+    assert bm25.weights is None and set(bm25.timings) == {"bm25", "retrieval"}
+    # it reads like the list of its hits
+    assert isinstance(hybrid, SearchResult) and len(hybrid) == 3 and bool(hybrid)
+    assert list(hybrid) == hybrid.hits and hybrid[0] is hybrid.hits[0] and hybrid[1:] == hybrid.hits[1:]
+    empty = retriever.search("   ")
+    assert not empty and len(empty) == 0 and empty.hits == [] and empty.weights is None
 
 
 def test_near_identical_text_from_two_files_counted_once(retriever):
@@ -212,19 +194,6 @@ def test_overlapping_chunks_of_one_document_counted_once(retriever):
         for a in taken[:i]:
             if a.document_id == b.document_id:  # a later hit may overlap an earlier one by at most half its span
                 assert min(a.end, b.end) - max(a.start, b.start) <= (b.end - b.start) / 2
-
-
-def test_mostly_overlapping_rule():
-    from docqa.store import ChunkRow
-
-    def row(doc, start, end):
-        return ChunkRow(id=start, document_id=doc, ordinal=0, text="", page=None, section="", start=start, end=end,
-                        n_tokens=0, source="a")  # fmt: skip
-
-    taken = [row(1, 0, 100)]
-    assert Retriever._mostly_overlaps(row(1, 40, 120), taken)  # 60 of 80 characters already shown
-    assert not Retriever._mostly_overlaps(row(1, 80, 200), taken)  # the splitter's usual overlap: kept
-    assert not Retriever._mostly_overlaps(row(2, 0, 100), taken)  # another document
 
 
 def test_neighbours_expand_without_repeating_the_overlap(kb_dir, embedder):
@@ -296,6 +265,6 @@ def test_modes_and_errors(retriever):
 
     with pytest.raises(ConfigError):
         retriever.search("x", mode="vector")
-    assert retriever.search("   ") == []
+    assert not retriever.search("   ")
     dense = retriever.search("How do I sort a list?", k=2, mode="dense")
     assert len(dense) == 2 and set(dense[0].scores) == {"dense"} and dense[0].score >= dense[1].score

@@ -5,32 +5,39 @@
     ('demo', 'gemma-3-270m')
     >>> resolve_generator(Settings(llm_url="http://127.0.0.1:8000/v1"))
     ('openai', 'http://127.0.0.1:8000/v1')
-    >>> gen = get_generator(Settings(), progress=print)     # ChatGLM2-6B if one is on disk, else the demo model
+    >>> resolve_generator(Settings(llm="extractive"))
+    ('extractive', 'extractive')
 
-Choosing (`resolve_generator`): an explicit `settings.llm` wins -- "demo"; "openai" or "openai:MODEL" (needs
-`llm_url`); "chatglm2" (the local checkpoint `find_local_checkpoint` finds: $DOCQA_CHATGLM2_PATH or the Hugging
-Face cache); a checkpoint folder; or a hub id such as THUDM/chatglm2-6b (taken from the local cache, or downloaded
-when not offline). Otherwise `llm_url` set means the OpenAI-compatible server, and "auto" means ChatGLM2-6B when a
-local checkpoint is found, else the embedded demo model.
+    gen = get_generator(Settings(), progress=print)   # ChatGLM2-6B if one is on disk, else the extractive answerer
+
+Choosing (`resolve_generator`): an explicit `settings.llm` wins -- "extractive" (quotes the passages, no model);
+"demo" (the embedded Gemma 3 270M, a tiny base model for trying the generative path); "openai" or
+"openai:MODEL" (needs `llm_url`); "chatglm2" (the local checkpoint `find_local_checkpoint` finds:
+`chatglm2_path` or the Hugging Face cache `hf_cache`); a checkpoint folder; or a hub id such as
+THUDM/chatglm2-6b (taken from the local cache, or downloaded from `model_hub` unless `offline`). Otherwise
+`llm_url` set means the OpenAI-compatible server, and "auto" means ChatGLM2-6B when a local checkpoint is found,
+else the extractive answerer: a tiny base model answers worse than quoting its own sources.
 
 Limits: importing this package stays light (no torch); the model modules load when `get_generator` runs.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .base import GenerationOptions, Generator, Message, Prompt
+from .checkpoints import find_local_checkpoint, looks_like_hub_id
 
 if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
     "DEMO_NOTICE",
+    "NOTICES",
+    "notice",
     "GenerationOptions",
     "Generator",
     "Message",
@@ -39,13 +46,34 @@ __all__ = [
     "resolve_generator",
 ]
 
-DEMO_NOTICE = (
-    "Using the built-in demo model (Gemma 3 270M, a small base model only good for trying docqa out); "
-    "for real answers point docqa at ChatGLM2-6B with --model /path/to/chatglm2-6b or DOCQA_LLM=/path/to/chatglm2-6b."
-)
+#: the one line said when no real model answers (see `notice`)
+NOTICES = {
+    "extractive": (
+        "No language model configured: answers quote the passages that match best. For written answers pass "
+        "--model /path/to/chatglm2-6b (or set DOCQA_LLM), or --llm-url http://host:port/v1 for a served model."
+    ),
+    "demo": (
+        "Using the demo model (Gemma 3 270M, a tiny base model for trying the generative path; its answers are "
+        "often wrong). For real answers pass --model /path/to/chatglm2-6b or --llm-url http://host:port/v1."
+    ),
+}
+DEMO_NOTICE = NOTICES["demo"]
 
 DEMO_SPEC = "gemma-3-270m"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+EXTRACTIVE_SPEC = "extractive"
+
+
+def notice(settings: Settings) -> str | None:
+    """The line to tell the user when `settings` give them no real language model, else None.
+
+    >>> from docqa.config import Settings
+    >>> notice(Settings(llm="extractive")) is None, notice(Settings(llm="demo")) == NOTICES["demo"]
+    (True, True)
+    """
+    kind, _ = resolve_generator(settings)
+    if kind == "extractive" and settings.llm.strip().lower() == "extractive":
+        return None  # asked for by name: nothing to explain
+    return NOTICES.get(kind)
 
 
 def _openai_model(llm: str) -> str:
@@ -61,6 +89,8 @@ def resolve_generator(settings: Settings) -> tuple[str, str]:
     url = settings.llm_url.strip()
     if low == "demo":
         return "demo", DEMO_SPEC
+    if low == "extractive":
+        return "extractive", EXTRACTIVE_SPEC
     if low == "openai" or low.startswith("openai:"):
         if not url:
             raise ConfigError(f"llm={llm!r} needs the server's address: set llm_url (--llm-url or DOCQA_LLM_URL)")
@@ -68,17 +98,14 @@ def resolve_generator(settings: Settings) -> tuple[str, str]:
     if low in ("auto", ""):
         if url:
             return "openai", url
-        from .chatglm2 import find_local_checkpoint
-
-        found = find_local_checkpoint()
-        return ("chatglm2", str(found)) if found is not None else ("demo", DEMO_SPEC)
+        found = find_local_checkpoint(settings.chatglm2_path, settings.hf_cache)
+        return ("chatglm2", str(found)) if found is not None else ("extractive", EXTRACTIVE_SPEC)
     if low in ("chatglm2", "chatglm2-6b"):
-        from .chatglm2 import find_local_checkpoint
-
-        found = find_local_checkpoint()
+        found = find_local_checkpoint(settings.chatglm2_path, settings.hf_cache)
         if found is None:
             raise ConfigError(
-                "no local ChatGLM2-6B checkpoint found (looked at $DOCQA_CHATGLM2_PATH and the Hugging Face cache): "
+                "no local ChatGLM2-6B checkpoint found (looked at chatglm2_path / DOCQA_CHATGLM2_PATH and the Hugging "
+                f"Face cache {settings.hf_cache}): "
                 "pass its folder with --model /path/to/chatglm2-6b or DOCQA_LLM"
             )
         return "chatglm2", str(found)
@@ -87,28 +114,45 @@ def resolve_generator(settings: Settings) -> tuple[str, str]:
         return "chatglm2", str(path)  # the loader says precisely what is wrong with a folder it cannot run
     if path.exists():
         raise ConfigError(f"model {llm!r} is a file; pass the checkpoint's folder (the one with config.json)")
-    if _HUB_ID.fullmatch(llm) and not llm.startswith((".", "/", "~")):
+    if looks_like_hub_id(llm):
         return "chatglm2", llm
     if "/" in llm or "\\" in llm or llm.startswith(("~", ".")):
         raise ConfigError(f"model folder not found: {llm}")
     raise ConfigError(
-        f"unknown model {llm!r}: use auto, demo, chatglm2, openai[:MODEL] (with llm_url), "
+        f"unknown model {llm!r}: use auto, extractive, demo, chatglm2, openai[:MODEL] (with llm_url), "
         "a checkpoint folder or a hub id such as THUDM/chatglm2-6b"
     )
 
 
-def get_generator(settings: Settings, progress: Callable[[str], None] | None = None) -> Generator:
-    """Load the model `resolve_generator` picks. `progress` hears about slow first-time steps (a one-line message)."""
-    kind, spec = resolve_generator(settings)
-    if kind == "demo":
-        from .demo import DemoGenerator
+def get_generator(
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+    *,
+    similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
+    covered_languages: frozenset[str] = frozenset(),
+) -> Generator:
+    """Load the model `resolve_generator` picks. `progress` hears about slow first-time steps (a one-line message).
 
-        return DemoGenerator(progress=progress, max_context=settings.max_context)
+    `similarity(question, texts) -> cosines` is the embedder's, for the extractive answerer to use on questions in
+    `covered_languages` (docqa.answer.open_generator passes the retriever's)."""
+    kind, spec = resolve_generator(settings)
+    if kind == "extractive":
+        from .extractive import ExtractiveAnswerer
+
+        return ExtractiveAnswerer(similarity=similarity, covered_languages=covered_languages)
+    if kind == "demo":
+        from .demo import DemoGenerator, default_cache_dir
+
+        return DemoGenerator(cache_dir=default_cache_dir(settings.cache), progress=progress,
+                             max_context=settings.max_context)
     if kind == "openai":
         from .openai import OpenAIGenerator
 
         kwargs = {"context_length": settings.max_context} if settings.max_context > 0 else {}
         return OpenAIGenerator(spec, model=_openai_model(settings.llm.strip()), api_key=settings.llm_api_key, **kwargs)
     from .chatglm2 import ChatGLM2Generator
+    from .checkpoints import resolve_model_path
 
-    return ChatGLM2Generator(spec, device=settings.llm_device, dtype=settings.llm_dtype, max_context=settings.max_context)
+    folder = resolve_model_path(spec, model_hub=settings.model_hub, offline=settings.offline)
+    return ChatGLM2Generator(folder, device=settings.llm_device, dtype=settings.llm_dtype,
+                             quantize=settings.llm_quantize, max_context=settings.max_context)

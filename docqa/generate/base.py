@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
+from ..text import CJK, CJK_PUNCT
+
 if TYPE_CHECKING:  # torch is imported lazily: `docqa --help` must start fast
     import torch
 
@@ -32,6 +34,9 @@ class Message(TypedDict):
 
 
 Prompt = str | Sequence[Message]
+
+# characters a tokenizer without the text at hand should count as about one token each (Han, kana, 。、「」)
+_ONE_TOKEN_CHAR = re.compile(f"[{CJK_PUNCT}{CJK}]")
 
 
 @dataclass
@@ -53,10 +58,21 @@ class Generator(ABC):
     context_length: int = 2048
     #: True for instruction/chat-tuned models; False for the embedded demo (a small base model)
     is_chat_model: bool = True
+    #: at most this many passages go into a prompt even when the budget holds more (0 = as many as fit)
+    passage_limit: int = 0
 
     @abstractmethod
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
         """Yield the answer's text piece by piece (concatenate them for the whole answer)."""
+
+    def stream_grounded(
+        self, question: str, passages: Sequence[str], prompt: Prompt, options: GenerationOptions | None = None
+    ) -> Iterator[str]:
+        """The answer to `question` from the numbered `passages` (passage n is `passages[n - 1]`), streamed.
+
+        `prompt` is what docqa/prompt.py built from them; a language model reads only that. An answerer that
+        works on the passages themselves (docqa/generate/extractive.py) overrides this instead."""
+        return self.stream(prompt, options)
 
     def generate(self, prompt: Prompt, options: GenerationOptions | None = None) -> str:
         return "".join(self.stream(prompt, options))
@@ -64,7 +80,7 @@ class Generator(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes in this model's prompt. Default: a conservative estimate (no tokenizer)."""
         # CJK characters are roughly one token each; other text about 4 characters per token.
-        cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff")
+        cjk = len(_ONE_TOKEN_CHAR.findall(text))
         return cjk + (len(text) - cjk + 3) // 4
 
     def render(self, messages: Sequence[Message]) -> str:

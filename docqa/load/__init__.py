@@ -26,7 +26,8 @@ from pathlib import Path
 from docqa.documents import Document
 from docqa.errors import LoadError
 
-Loader = Callable[[Path, bytes | None], Document]
+#: a registered loader: the file's path -> Document (it reads the file itself)
+Loader = Callable[[Path], Document]
 
 PDF_SUFFIXES = frozenset({".pdf"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdown", ".mkd", ".mkdn"})
@@ -43,7 +44,7 @@ _extra: dict[str, Loader] = {}
 
 
 def register_loader(suffix: str, loader: Loader) -> None:
-    """Load files ending in `suffix` (".xyz") with `loader(path, data_or_None) -> Document`; overrides built-ins."""
+    """Load files ending in `suffix` (".xyz") with `loader(path) -> Document`; overrides built-ins."""
     _extra[suffix.lower()] = loader
 
 
@@ -110,7 +111,7 @@ def load_file(path: Path) -> Document:
 
 def _dispatch(kind: str, path: Path) -> Document:
     if kind == "extra":
-        return _extra[path.suffix.lower()](path, None)
+        return _extra[path.suffix.lower()](path)
     if kind == "pdf":
         from docqa.load.pdf import load_pdf
 

@@ -125,8 +125,8 @@ def _table_lines(table: Any) -> list[str]:
     return lines
 
 
-def load_docx(path: Path, data: bytes | None = None) -> Document:
-    """A .docx file (Office Open XML). `data` is unused: python-docx reads the zip itself after check_zip."""
+def load_docx(path: Path) -> Document:
+    """A .docx file (Office Open XML); python-docx reads the zip itself after check_zip."""
     check_zip(path)
     import docx
     from docx.opc.exceptions import PackageNotFoundError

@@ -171,8 +171,8 @@ except Exception:  # pragma: no cover
     DependencyErrorType = RuntimeError  # type: ignore[misc,assignment]
 
 
-def load_pdf(path: Path, data: bytes | None = None) -> Document:
-    """Load a PDF; pdfium first, pypdf when pdfium cannot open the file. `data` is unused (pdfium reads the file)."""
+def load_pdf(path: Path) -> Document:
+    """Load a PDF; pdfium first, pypdf when pdfium cannot open the file (both read the file themselves)."""
     import pypdfium2 as pdfium
 
     try:

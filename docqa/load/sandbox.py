@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from docqa.documents import Document
-from docqa.errors import LoadError
+from docqa.errors import LoadError, WorkerGone
 
 START_TIMEOUT = 30.0
 _MEMORY_HINTS = ("MemoryError", "out of memory", "Out of memory", "bad_alloc", "Cannot allocate memory")
@@ -56,10 +56,6 @@ def _import_plugins(plugins: Sequence[str | os.PathLike[str]]) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _loaded_plugins.add(key)
-
-
-class _WorkerGone(Exception):
-    pass
 
 
 class LoaderSandbox:
@@ -136,7 +132,7 @@ class LoaderSandbox:
         self._buf.clear()
         try:
             msg = self._read(time.monotonic() + START_TIMEOUT)
-        except (TimeoutError, _WorkerGone):
+        except (TimeoutError, WorkerGone):
             self._kill()
             raise LoadError(f"sandbox worker failed to start: {self._stderr_tail()[-300:]}") from None
         if not msg.get("ready"):
@@ -189,7 +185,7 @@ class LoaderSandbox:
                 continue
             chunk = os.read(fd, 1 << 20)
             if not chunk:
-                raise _WorkerGone
+                raise WorkerGone
             self._buf += chunk
         line = bytes(self._buf[:nl])
         del self._buf[: nl + 1]
@@ -232,7 +228,7 @@ class LoaderSandbox:
         except TimeoutError:
             self._kill()
             raise LoadError(f"timed out after {self.timeout:g}s") from None
-        except (_WorkerGone, BrokenPipeError, OSError):
+        except (WorkerGone, BrokenPipeError, OSError):
             raise self._death() from None
         if msg.get("ok"):
             return Document.from_json(msg["doc"])

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from docqa.documents import Document, Section
 from docqa.errors import LoadError
+from docqa.text import CJK_PUNCT, FULLWIDTH, HAN
 
 _BOMS: list[tuple[bytes, str]] = [
     # UTF-32 first: its LE BOM starts with the UTF-16 LE BOM.
@@ -52,10 +53,12 @@ _LATIN_SINGLE_BYTE = {"cp1250", "cp1257", "iso8859_2", "iso8859_4", "iso8859_10"
 MAX_BAD_RATIO = 0.02  # share of control/unassigned/private-use characters above which text counts as garbage
 
 
+_CJK_CHAR = re.compile(f"[{HAN}{CJK_PUNCT}{FULLWIDTH}]")
+
+
 def is_cjk(ch: str) -> bool:
-    o = ord(ch)
-    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FFFF or 0xF900 <= o <= 0xFAFF
-            or 0x3000 <= o <= 0x303F or 0xFF00 <= o <= 0xFFEF)
+    """A Han character, CJK punctuation or a full-width form: what GB-family text decodes to (kana excluded)."""
+    return _CJK_CHAR.match(ch) is not None
 
 
 def _bad_ratio(text: str) -> float:

@@ -12,21 +12,21 @@ from docqa.documents import Document
 from docqa.load import register_loader
 
 
-def _sleep(path: Path, data: bytes | None) -> Document:
+def _sleep(path: Path) -> Document:
     time.sleep(float(path.read_text()))
     return Document(source=str(path), text="slept")
 
 
-def _alloc(path: Path, data: bytes | None) -> Document:
+def _alloc(path: Path) -> Document:
     blob = bytearray(int(path.read_text()) * 1024 * 1024)  # zero pages, but address space counts under RLIMIT_AS
     return Document(source=str(path), text=f"allocated {len(blob)}")
 
 
-def _abort(path: Path, data: bytes | None) -> Document:
+def _abort(path: Path) -> Document:
     os.abort()
 
 
-def _exit(path: Path, data: bytes | None) -> Document:
+def _exit(path: Path) -> Document:
     os._exit(int(path.read_text()))
 
 

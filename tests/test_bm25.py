@@ -1,4 +1,5 @@
-"""Tests for docqa.lexical: tokenizer outputs, Chinese recall, exact BM25, incremental consistency, rollback."""
+"""docqa.bm25: exact BM25 (against a brute-force reference and bm25s), Chinese recall, incremental consistency,
+tombstones, rollback, document frequencies, the code-term boost."""
 
 from __future__ import annotations
 
@@ -9,62 +10,9 @@ from collections import Counter
 
 import pytest
 
-from docqa import lexical
-from docqa.lexical import LexicalIndex, tokenize, tokenize_query
-
-
-# ------------------------------------------------------------------------------------------ tokenizer
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("dpkg -L", ["dpkg", "-L"]),
-        ("dpkg -l", ["dpkg", "-l"]),
-        ("/etc/fstab", ["/etc/fstab", "etc", "fstab"]),
-        ("--force", ["--force", "forc"]),
-        ("0x1F", ["0x1f"]),
-        ("apt-get", ["apt-get", "apt", "get"]),
-        ("foo.bar()", ["foo.bar", "foo", "bar"]),
-        ("C++", ["c++"]),
-        ("python3.11", ["python3.11", "python3", "python", "11"]),
-        ("ERR_CONNECTION_REFUSED", ["err_connection_refused", "err", "connect", "refus"]),
-        ("my_var", ["my_var", "var"]),
-        ("~/.bashrc", ["~/.bashrc", "bashrc"]),
-        ("Edit /etc/fstab. Then run mount -a.", ["edit", "/etc/fstab", "etc", "fstab", "run", "mount", "-a"]),
-        ("Installing the packages", ["instal", "packag"]),
-        ("the of and what is", []),
-        ("", []),
-    ],
-)
-def test_tokenize_english_and_code(text: str, expected: list[str]) -> None:
-    assert tokenize(text) == expected
-
-
-def test_full_width_is_normalised() -> None:
-    assert tokenize("ＡＰＴ－ＧＥＴ，ｆｓｔａｂ") == tokenize("APT-GET, fstab") == ["apt-get", "apt", "get", "fstab"]
-
-
-def test_mixed_chinese_english() -> None:
-    toks = tokenize("用 apt-get install 安装软件包")
-    assert toks[:5] == ["用", "apt-get", "apt", "get", "instal"]
-    assert {"安装", "软件", "软件包"} <= set(toks)
-    # no space between scripts still separates them
-    assert {"apt-get", "安装", "软件包"} <= set(tokenize("用apt-get安装软件包"))
-
-
-def test_chinese_stop_words_and_bigrams() -> None:
-    toks = tokenize("北京大学的学生在读书")
-    assert "的" not in toks and "在" not in toks
-    assert {"北京", "大学", "北京大学", "学生", "读书"} <= set(toks)
-    assert "京大" in toks  # a bigram jieba did not emit as a word
-    assert "京大" not in tokenize("北京大学的学生在读书", bigrams=False)
-    assert tokenize("什么是如何的") == []
-
-
-def test_query_tokenizer_matches_documents() -> None:
-    assert tokenize_query("如何用 dpkg -L 查看软件包的文件") == tokenize("如何用 dpkg -L 查看软件包的文件")
-
+from docqa import bm25
+from docqa.bm25 import LexicalIndex
+from docqa.tokenize import tokenize, tokenize_query
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -122,7 +70,7 @@ def _random_docs(rng: random.Random, ids) -> dict[int, str]:
 
 
 def test_exact_bm25_against_reference(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(lexical, "_FANOUT", 2)  # merge often, so several levels exist with few adds
+    monkeypatch.setattr(bm25, "_FANOUT", 2)  # merge often, so several levels exist with few adds
     rng = random.Random(7)
     docs = _random_docs(rng, range(1, 301))
     conn, idx = _index(tmp_path)
@@ -263,7 +211,7 @@ def test_tombstones_are_purged(tmp_path) -> None:
     assert conn.execute("SELECT COUNT(*) FROM lex_dead").fetchone()[0] == 0
     live = {c: t for c, t in docs.items() if c > 300}
     for (data,) in conn.execute("SELECT data FROM lex_postings"):
-        assert (lexical.np.frombuffer(data, dtype=lexical._POSTING)["cid"] > 300).all()
+        assert (bm25.np.frombuffer(data, dtype=bm25._POSTING)["cid"] > 300).all()
     _check_consistency(conn, idx, live)
     _assert_matches_reference(idx, live, "kernel module network")
 
@@ -312,13 +260,18 @@ def test_add_validates_arguments(tmp_path) -> None:
     assert idx.count() == 0
 
 
+def test_document_frequencies_count_live_chunks_only(tmp_path) -> None:
+    conn, idx = _index(tmp_path)
+    idx.add([1, 2, 3], ["mount the fstab entry", "fstab grub", "安装软件包"])
+    assert idx.document_frequencies(["fstab", "grub", "软件包", "zzz"]) == {"fstab": 2, "grub": 1, "软件包": 1}
+    idx.remove([2])  # a tombstoned chunk no longer counts, though its postings are still stored
+    assert idx.document_frequencies(["fstab", "grub"]) == {"fstab": 1}
+    assert idx.document_frequencies([]) == {}
+    many = [f"t{i}" for i in range(1200)] + ["fstab"]  # more terms than one IN (...) batch
+    assert idx.document_frequencies(many) == {"fstab": 1}
+
+
 def test_code_boost_weights_exact_technical_terms(tmp_path):
-    import sqlite3
-
-    from docqa.lexical import LexicalIndex, is_code_term
-
-    assert is_code_term("-w") and is_code_term("/etc/fstab") and is_code_term("apt-get")
-    assert not is_code_term("grep") and not is_code_term("选项") and not is_code_term("--")
     conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
     conn.executescript(LexicalIndex.SCHEMA)
     idx = LexicalIndex(conn)

@@ -1,29 +1,17 @@
-"""Bilingual (English/Chinese) tokenizer and a persistent BM25 index stored in the knowledge base's SQLite.
+"""A persistent BM25 index over chunk texts, kept in the knowledge base's SQLite file and transactions.
 
 Worked example::
 
-    >>> tokenize("用 apt-get install 安装软件包")
-    ['用', 'apt-get', 'apt', 'get', 'instal', '安装', '软件', '软件包', '件包']
     >>> conn = sqlite3.connect("kb/docqa.sqlite3"); conn.executescript(LexicalIndex.SCHEMA)
     >>> idx = LexicalIndex(conn)
     >>> with conn:                       # the caller owns the transaction, together with its chunk rows
     ...     idx.add([1, 2], ["dpkg -L lists the files of a package", "编辑 /etc/fstab 挂载分区"])
     >>> idx.search("fstab", k=5)
     [(2, 0.69...)]
+    >>> idx.document_frequencies(["fstab", "挂载", "grub"])
+    {'fstab': 1, '挂载': 1}
 
-Tokenizer (`tokenize`; `tokenize_query` is the same function so documents and questions always agree):
-  * NFKC first (full-width Ａ１，→ A1,). CJK runs (Han, kana) are segmented with jieba in "search" mode
-    (rjieba, the Rust port, when installed: ~15x faster and no cache file; else pure-Python jieba, quietly, with
-    its cache under ~/.cache/docqa) PLUS the character bigrams of the run that jieba did not already emit as a
-    word, for recall when a question segments differently from the passage (`bigrams=False` turns them off).
-    Single-character Chinese stop words (的 了 是 在 ...) and stop words such as 什么/如何 are dropped.
-  * Other text is split into "code-like" runs of word characters joined by . / - + # : ~ @ \\ $ % = _ .
-    A run with punctuation is emitted whole (lower-cased, unstemmed) AND as its parts (stop words dropped,
-    stemmed, single ASCII characters dropped): "/etc/fstab" -> /etc/fstab, etc, fstab; "my_var" -> my_var, var;
-    "python3.11" -> python3.11, python3, 11, python; "C++" -> c++; "foo.bar()" -> foo.bar, foo, bar.
-    Plain words are lower-cased, stop words removed, Snowball-stemmed ("installing" -> "instal").
-  * Short options keep their case and are not split: "-L" and "-l" are different terms (they are different
-    options in nearly every tool); long options are lower-cased and split: "--force" -> --force, forc.
+Terms come from docqa/tokenize.py (`tokenize` for passages, `tokenize_query` for questions).
 
 Index layout (all tables prefixed lex_; `SCHEMA` creates them; nothing here ever commits):
   lex_meta(key, value)            n_docs and total_len, kept exact by add/remove (BM25's N and avgdl)
@@ -43,162 +31,22 @@ ln(1 + (N - df + 0.5) / (df + 0.5)) and tf part tf / (tf + k1 (1 - b + b dl / av
 repeated query terms count once). Its cost grows with the query terms' document frequencies, ~16 bytes read
 per posting, independent of the rest of the index.
 
-Limits: chunk ids must fit in int64 (SQLite rowids always do); the tokenizer is not configurable per index, so
-changing it (or switching between jieba and rjieba, which may segment rare words differently) calls for a
-rebuild of the lexical tables. Not thread-safe: one LexicalIndex per connection.
+Limits: chunk ids must fit in int64 (SQLite rowids always do); changing the tokenizer calls for a rebuild of
+the lex_ tables (`docqa rebuild`). Not thread-safe: one LexicalIndex per connection.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import re
 import sqlite3
-import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["tokenize", "tokenize_query", "LexicalIndex", "segmenter_name"]
+from .tokenize import is_code_term, tokenize, tokenize_query
 
-# ----------------------------------------------------------------------------------------------- tokenizer
-
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_CJK_RUN = re.compile(f"[{_CJK}]+")
-_WORD = f"[^\\W{_CJK}]"  # a word character that is not CJK
-_JOIN = r"[./\-+#:~@\\$%=]"
-# a run of word characters joined by code punctuation, with optional leading/trailing punctuation
-_RUN = re.compile(f"{_JOIN}*{_WORD}+(?:{_JOIN}+{_WORD}+)*{_JOIN}*")
-_PART = re.compile(r"[^\W_]+")
-_SUBRUN = re.compile(r"[^\W\d_]{2,}|\d{2,}")  # letters / digits inside a mixed word such as python3
-_SHORT_OPTION = re.compile(r"-[^\W_]+")
-_LEADING_JUNK = re.compile(r"^(?:[:+#@\\%=]+|\.{2,}(?!/))")
-_TRAILING_JUNK = ".:/\\-~@$%="
-
-_EN_STOP = frozenset(
-    """a about above after again all am an and any are as at be been before being below between both but by
-    can could did do does doing down during each few for from further had has have having he her here hers
-    him his how i if in into is it its itself just me more most my no nor not of off on once only or other
-    our ours out over own same she should so some such than that the their theirs them then there these they
-    this those through to too under until up very was we were what when where which while who whom why will
-    with would you your yours""".split()
-)
-_ZH_STOP = frozenset(
-    """的 了 是 在 和 与 及 或 也 都 就 而 之 其 这 那 着 过 吗 呢 吧 啊 呀 么 个 把 被 让 给 对 从 向 于 以 为
-    将 并 且 等 我 你 他 她 它 我们 你们 他们 她们 它们 这个 那个 这些 那些 什么 怎么 怎样 怎么样 如何 为什么
-    哪个 哪些 哪里 一个 一些 可以 能够 以及 还是 或者 因为 所以 如果 但是 然后 是否 请问 有没有""".split()
-)
-_ZH_STOP_CHARS = frozenset(w for w in _ZH_STOP if len(w) == 1)
-
-
-@lru_cache(maxsize=1)
-def _stemmer():  # type: ignore[no-untyped-def]
-    import Stemmer  # PyStemmer: C Snowball with its own word cache
-
-    return Stemmer.Stemmer("english")
-
-
-@lru_cache(maxsize=1)
-def _segmenter() -> tuple[str, Callable[[str], list[tuple[str, int, int]]]]:
-    """(name, fn) where fn(run) -> [(word, start, end)] in jieba "search" mode."""
-    try:
-        import rjieba
-
-        return "rjieba", lambda s: rjieba.tokenize(s, mode="search")
-    except ImportError:
-        pass
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)  # it logs dictionary loading to stderr otherwise
-    tk = jieba.Tokenizer()
-    # jieba caches its parsed dictionary as /tmp/jieba.cache by default: a shared, guessable path whose
-    # content is loaded with marshal. Keep it in the user's own cache directory instead.
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docqa"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tk.tmp_dir = str(cache)
-    except OSError:
-        pass  # unwritable home: jieba still works, it just re-parses its dictionary (~1 s) each time
-    tk.initialize()
-    return "jieba", lambda s: list(tk.tokenize(s, mode="search"))
-
-
-def segmenter_name() -> str:
-    """'rjieba' or 'jieba': which segmenter `tokenize` uses (the index should be rebuilt if it changes)."""
-    return _segmenter()[0]
-
-
-def _plain(word: str, out: list[str]) -> None:
-    """A lower-cased word with no joiners: stop-filter, drop single ASCII characters, stem."""
-    if word in _EN_STOP or (len(word) == 1 and word.isascii()):
-        return
-    out.append(_stemmer().stemWord(word))
-    if not word.isalpha() and not word.isdigit():  # python3 -> also python; sha256 -> sha, 256
-        subs = _SUBRUN.findall(word)
-        if len(subs) > 1 or (subs and subs[0] != word):
-            out.extend(_stemmer().stemWord(s) for s in subs if s not in _EN_STOP)
-
-
-def _code_run(run: str, out: list[str]) -> None:
-    run = _LEADING_JUNK.sub("", run).rstrip(_TRAILING_JUNK)
-    if not run:
-        return
-    if _SHORT_OPTION.fullmatch(run):
-        out.append(run)  # -L, -xzvf, -5: case matters, parts are meaningless
-        return
-    low = run.lower()
-    parts = _PART.findall(low)
-    if len(parts) == 1 and parts[0] == low:
-        _plain(low, out)
-        return
-    out.append(low)
-    for p in parts:
-        _plain(p, out)
-
-
-def _cjk_run(run: str, out: list[str], bigrams: bool) -> None:
-    words = _segmenter()[1](run)
-    covered = set()
-    for w, start, end in words:
-        covered.add((start, end))
-        if w not in _ZH_STOP:
-            out.append(w)
-    if bigrams:
-        for i in range(len(run) - 1):
-            if (i, i + 2) not in covered and run[i] not in _ZH_STOP_CHARS and run[i + 1] not in _ZH_STOP_CHARS:
-                out.append(run[i : i + 2])
-
-
-def is_code_term(term: str) -> bool:
-    """A token kept whole because it looks like code: an option, path, dotted or hyphenated name (not CJK)."""
-    return not term.isalnum() and not _CJK_RUN.search(term) and any(ch.isalnum() for ch in term)
-
-
-def tokenize(text: str, *, bigrams: bool = True) -> list[str]:
-    """Terms of `text` in reading order (repeats kept: they are term frequencies)."""
-    text = unicodedata.normalize("NFKC", text)
-    out: list[str] = []
-    pos = 0
-    for m in _CJK_RUN.finditer(text):
-        for r in _RUN.findall(text, pos, m.start()):
-            _code_run(r, out)
-        _cjk_run(m.group(), out, bigrams)
-        pos = m.end()
-    for r in _RUN.findall(text, pos):
-        _code_run(r, out)
-    return out
-
-
-def tokenize_query(text: str, *, bigrams: bool = True) -> list[str]:
-    """Terms of a question; identical to `tokenize` so that questions and passages always agree."""
-    return tokenize(text, bigrams=bigrams)
-
-
-# ----------------------------------------------------------------------------------------------- index
+__all__ = ["LexicalIndex"]
 
 _POSTING = np.dtype([("cid", "<i8"), ("tf", "<u4"), ("dl", "<u4")])
 _FANOUT = 16  # merge a term's level-L segments after its 16^(L+1)-th append
@@ -348,6 +196,16 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
         n_dead = self.conn.execute("SELECT COUNT(*) FROM lex_dead").fetchone()[0]
         if n_dead > max(_PURGE_MIN, _PURGE_FRACTION * self.count()):
             self._purge(None)
+
+    def document_frequencies(self, terms: Iterable[str]) -> dict[str, int]:
+        """term -> number of live chunks containing it, for the given terms that some live chunk contains.
+
+            >>> idx.document_frequencies(["fstab", "zzz"])
+            {'fstab': 1}
+
+        Terms are matched exactly as stored (run them through `tokenize_query` first)."""
+        sql = "SELECT term, df FROM lex_terms WHERE df > 0 AND term IN ({})"
+        return {t: int(d) for t, d in self._select_in(sql, sorted(set(terms)))}
 
     def search(
         self, query: str, k: int, k1: float = 1.2, b: float = 0.75, code_boost: float = 1.0

@@ -1,7 +1,7 @@
-"""Benchmark docqa.lexical: add throughput, search p50/p95 and DB size at 10K and 100K chunks.
+"""Benchmark docqa.bm25 (with docqa.tokenize): add throughput, search p50/p95 and DB size at 10K and 100K chunks.
 
-    .venv/bin/python benchmarks/lexical.py            # 10K and 100K
-    .venv/bin/python benchmarks/lexical.py 20000      # custom sizes
+    .venv/bin/python benchmarks/bm25.py            # 10K and 100K
+    .venv/bin/python benchmarks/bm25.py 20000      # custom sizes
 
 Corpus: real English text (Debian changelogs/copyright files under /usr/share/doc, gzip or plain) cut into
 ~200-word chunks, plus 20% Chinese chunks sampled Zipf-like by frequency from jieba's own dictionary (real words,
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from docqa import lexical  # noqa: E402
-from docqa.lexical import LexicalIndex, tokenize  # noqa: E402
+from docqa.bm25 import LexicalIndex  # noqa: E402
+from docqa.tokenize import segmenter_name, tokenize  # noqa: E402
 
 
 def english_words(limit: int = 6_000_000) -> list[str]:
@@ -148,8 +148,8 @@ def bench(n: int, chunks: list[str]) -> None:
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
     t = time.perf_counter()
-    lexical.tokenize("预热分词器")
-    print(f"segmenter {lexical.segmenter_name()} ready in {time.perf_counter() - t:.2f} s")
+    tokenize("预热分词器")
+    print(f"segmenter {segmenter_name()} ready in {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
     chunks = make_chunks(max(sizes))
     print(f"corpus of {len(chunks)} chunks built in {time.perf_counter() - t:.1f} s")

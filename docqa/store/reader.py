@@ -1,0 +1,193 @@
+"""The read side of a knowledge base: snapshots, dense search, documents and chunk rows (KnowledgeBase adds
+opening and writing; callers use KnowledgeBase).
+
+    >>> kb = KnowledgeBase.open("indexes/demo")
+    >>> with kb.snapshot():                                  # one committed generation for everything below
+    ...     hits = kb.dense_search(query_vector, 5)          # [(chunk_id, cosine), ...]
+    ...     rows = kb.chunks(i for i, _ in hits)             # {chunk_id: ChunkRow}
+
+Limits: one SQLite connection, so one thread at a time; reads outside `snapshot()` may see two generations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from ..bm25 import LexicalIndex
+from ..errors import StoreCorruptError, StoreError
+from . import manifest, schema
+from .files import DB_NAME, REBUILD_HINT, WriterLock
+from .rows import CHUNK_ROWS, DOCUMENT_COLUMNS, ChunkRow, DocumentInfo
+from .vectors import DEFAULT_BACKEND, VectorIndex, vector_backend
+
+
+class Reader:
+    """The state every open knowledge base has: its folder, connection, lock (writers) and cached vector index."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, writable: bool, lock: WriterLock | None):
+        self.path = path
+        self.conn = conn
+        self.writable = writable
+        self._lock = lock
+        self._index: VectorIndex | None = None
+        self._index_generation = -1
+        self.lexical = LexicalIndex(conn)
+
+    def _meta(self, key: str) -> str | None:
+        return schema.read_meta(self.conn, key, self.path / DB_NAME)
+
+    @property
+    def embed_model(self) -> str:
+        return self._meta("embed_model") or ""
+
+    @property
+    def dim(self) -> int:
+        return int(self._meta("dim") or 0)
+
+    @property
+    def generation(self) -> int:
+        return int(self._meta("generation") or 0)
+
+    @property
+    def backend(self) -> type[VectorIndex]:
+        """The VectorIndex class of this knowledge base (those made before the choice existed are FAISS)."""
+        return vector_backend(self._meta("vector_backend") or DEFAULT_BACKEND)
+
+    # ---------------------------------------------------------------- manifest
+    def read_manifest(self) -> dict:
+        """The manifest, validated against its checksum (StoreCorruptError when damaged)."""
+        return manifest.read_manifest(self.path)
+
+    def _check_manifest(self) -> dict:
+        return manifest.check_manifest(self.path, self.embed_model, self.dim, self.generation)
+
+    # ---------------------------------------------------------------- vectors
+    def load_index(self) -> VectorIndex:
+        """The current generation's index read from storage now, bypassing the cache (verify uses it).
+        FileNotFoundError if it is gone, StoreCorruptError if it fails its checks."""
+        backend = self.backend
+        record = {k: self._meta(k) for k in backend.record_keys}
+        return backend.load(self.path, self.generation, record, self.dim)
+
+    @property
+    def index(self) -> VectorIndex:
+        """The VectorIndex of the current generation (loaded once, reloaded when a writer commits)."""
+        gen = self.generation
+        if self._index is None or self._index_generation != gen:
+            self._index = self.load_index()
+            self._index_generation = gen
+        return self._index
+
+    def _cache_index(self, index: VectorIndex | None, generation: int = -1) -> None:
+        """Keep `index` as generation `generation`'s (a writer's just-committed one), or forget it (None)."""
+        self._index, self._index_generation = index, generation
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Self]:
+        """A consistent read view: vectors, lexical postings and chunk rows all of one committed generation."""
+        if self.conn.in_transaction:  # nested, or a writer reading its own state
+            yield self
+            return
+        for attempt in range(5):
+            self.conn.execute("BEGIN")
+            try:
+                self.index  # noqa: B018 - loads the generation seen by this transaction
+            except FileNotFoundError:
+                # a writer committed two generations since this transaction began and pruned ours: read again
+                self.conn.execute("ROLLBACK")
+                if attempt == 4:
+                    raise StoreCorruptError(
+                        f"{self.path / self.backend.location(self.generation)} is missing; {REBUILD_HINT}"
+                    ) from None
+                time.sleep(0.05)
+                continue
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            try:
+                yield self
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            return
+
+    def dense_search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """(chunk_id, cosine) of the `k` nearest chunks. Call inside `snapshot()`."""
+        return self.index.search(vector, k)
+
+    # ---------------------------------------------------------------- reading
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn SQLite's damage reports into StoreError, so commands print a message instead of a traceback."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:  # locked, I/O error...: not (necessarily) damage
+            raise StoreError(f"cannot read {self.path / DB_NAME}: {e}") from None
+        except sqlite3.DatabaseError as e:  # SQLITE_CORRUPT / SQLITE_NOTADB, from a page first read now
+            raise StoreCorruptError(
+                f"{self.path / DB_NAME} is damaged ({e}); the database cannot be repaired by rebuild: delete the "
+                "folder and run `docqa ingest` again"
+            ) from None
+
+    def documents(self) -> list[DocumentInfo]:
+        with self._reading():
+            rows = self.conn.execute(f"SELECT {DOCUMENT_COLUMNS} FROM documents ORDER BY path").fetchall()
+        return [DocumentInfo(*r) for r in rows]
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, ChunkRow]:
+        """Chunk rows by id (ids that no longer exist are absent)."""
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        out: dict[int, ChunkRow] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            q = f"{CHUNK_ROWS} WHERE c.id IN ({','.join('?' * len(part))})"
+            for r in self.conn.execute(q, part):
+                out[r[0]] = ChunkRow(*r)
+        return out
+
+    def neighbours(self, document_id: int, ordinals: Sequence[int]) -> dict[int, ChunkRow]:
+        """Chunks of one document by ordinal (for expanding a hit with its context)."""
+        if not ordinals:
+            return {}
+        q = f"{CHUNK_ROWS} WHERE c.document_id = ? AND c.ordinal IN ({','.join('?' * len(ordinals))})"
+        return {r[2]: ChunkRow(*r) for r in self.conn.execute(q, [document_id, *ordinals])}
+
+    def chunk_count(self) -> int:
+        with self._reading():
+            return self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+    def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 vectors) in batches, from the float16 copies kept in SQLite."""
+        last = -1
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, vector FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+            ).fetchall()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16).reshape(len(rows), -1)
+            yield ids, vecs.astype(np.float32)
+            last = rows[-1][0]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.conn.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,323 @@
+"""The extractive answerer: answer units, their selection, rendering and streaming (docqa/generate/extractive.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from docqa.generate.extractive import ANSWER_UNITS, ExtractiveAnswerer, Quote, Unit, render, select, split_units
+
+
+def texts(units: list[Unit]) -> list[str]:
+    return [u.text for u in units]
+
+
+def kinds(units: list[Unit]) -> list[tuple[str, str]]:
+    return [(u.kind, u.text) for u in units]
+
+
+# ----------------------------------------------------------------------------------------------- split_units
+
+
+def test_chinese_sentences_split_at_full_stops_and_semicolons():
+    units = split_units("可以。您可以使用 cron-apt；这一工具定期升级系统！它默认只下载？是的")
+    assert texts(units) == ["可以。", "您可以使用 cron-apt；", "这一工具定期升级系统！", "它默认只下载？", "是的"]
+    assert {u.kind for u in units[:3]} == {"sentence"}
+
+
+def test_english_sentences_split_but_not_inside_paths_versions_dotted_names_or_abbreviations():
+    text = (
+        "Edit /etc/apt/sources.list first. Use os.path.join, e.g. for portable paths. "
+        "Python 3.12.1 is fine. See https://www.debian.org/doc/index.html for more."
+    )
+    assert texts(split_units(text)) == [
+        "Edit /etc/apt/sources.list first.",
+        "Use os.path.join, e.g. for portable paths.",
+        "Python 3.12.1 is fine.",
+        "See https://www.debian.org/doc/index.html for more.",
+    ]
+
+
+def test_offsets_point_into_the_passage():
+    text = "First one. Second one here."
+    for u in split_units(text):
+        assert text[u.start : u.end] == u.text
+
+
+def test_pdf_line_wraps_are_joined_and_chinese_wraps_leave_no_space():
+    units = split_units(
+        "如果您已经下载了这些文件，您就可以从系统中删除这\n些文件。\nPackages can be upgraded in place, even in\nrunning systems."
+    )
+    assert texts(units) == ["如果您已经下载了这些文件，您就可以从系统中删除这些文件。",
+                            "Packages can be upgraded in place, even in running systems."]  # fmt: skip
+
+
+def test_command_after_an_introducing_sentence_is_one_command_unit():
+    # the real layout of debian-faq.en.pdf: the command on its own line, no indentation
+    text = (
+        "To list all the files provided by the installed package foo execute the command\n"
+        "dpkg --listfiles foo\n"
+        "Note that the files created by the installation scripts aren't displayed."
+    )
+    assert kinds(split_units(text)) == [
+        ("sentence", "To list all the files provided by the installed package foo execute the command"),
+        ("command", "dpkg --listfiles foo"),
+        ("sentence", "Note that the files created by the installation scripts aren't displayed."),
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["$ tar -xzf foo.tar.gz -C /tmp/out", "# apt-get install build-essential", ">>> sorted(data, reverse=True)",
+     "python3 -m venv tutorial-env"],
+)  # fmt: skip
+def test_shell_prompts_and_code_lines_are_kept_whole(line):
+    units = split_units(f"Run this:\n\n{line}\n\nThat is all.")
+    assert ("command", line) in kinds(units)
+
+
+def test_ascii_command_between_chinese_lines_is_a_command():
+    units = split_units("然后执行 \napt-get update\n然后运行 \napt-get dist-upgrade")
+    assert kinds(units) == [("sentence", "然后执行"), ("command", "apt-get update"),
+                            ("sentence", "然后运行"), ("command", "apt-get dist-upgrade")]  # fmt: skip
+
+
+def test_fenced_code_lines_are_commands():
+    units = split_units(
+        "Change the call to:\n\n``` python\nlogging.basicConfig(filename='example.log', filemode='w')\n```"
+    )
+    assert units[-1] == Unit("logging.basicConfig(filename='example.log', filemode='w')", units[-1].start,
+                             units[-1].end, "command")  # fmt: skip
+
+
+def test_markdown_table_row_carries_its_header():
+    units = split_units("| option | meaning |\n|---|---|\n| -x | extract files |\n| -t | list the contents |")
+    assert [u.kind for u in units] == ["row", "row", "row"]
+    assert units[1].text == "option: -x; meaning: extract files"
+    assert units[2].text == "option: -t; meaning: list the contents"
+
+
+def test_man_page_option_entry_is_one_item_with_its_description():
+    text = (
+        "       -v, --invert-match\n              改变匹配的意义，只选择不匹配的行。\n\n"
+        "       -w, --word-regexp\n              只选择含有能组成完整的词的匹配的行。判断方法是匹配的子字符串必须是一行的开始。"
+    )
+    assert kinds(split_units(text)) == [
+        ("item", "-v, --invert-match 改变匹配的意义，只选择不匹配的行。"),
+        ("item", "-w, --word-regexp 只选择含有能组成完整的词的匹配的行。"),
+        ("sentence", "判断方法是匹配的子字符串必须是一行的开始。"),
+    ]
+
+
+def test_unindented_option_list_from_a_word_document():
+    units = split_units("-a, --all\n不要忽略以点号（“.”）起始的条目\n-A, --almost-all\n不要列出隐含的 . 和 ..")
+    assert kinds(units) == [
+        ("item", "-a, --all 不要忽略以点号（“.”）起始的条目"),
+        ("item", "-A, --almost-all 不要列出隐含的 . 和 .."),
+    ]
+
+
+def test_list_items_and_headings():
+    units = split_units(
+        "8.4. 如何显示已安装的软件包包含的文件？\n\n- first point, still\n  the same item\n- second point"
+    )
+    assert kinds(units) == [("heading", "8.4. 如何显示已安装的软件包包含的文件？"),
+                            ("item", "- first point, still the same item"), ("item", "- second point")]  # fmt: skip
+
+
+def test_empty_and_blank_text_have_no_units():
+    assert split_units("") == []
+    assert split_units("  \n\n ") == []
+
+
+# ----------------------------------------------------------------------------------------------- select
+
+DISTRACTOR = (
+    "Packages can be upgraded in place, even in running systems. Debian has a start-stop-daemon program that "
+    "is invoked to stop, then restart running processes if necessary during a package upgrade."
+)
+ANSWER = (
+    "How do I display the files of an installed package?\n"
+    "To list all the files provided by the installed package foo execute the command\n"
+    "dpkg --listfiles foo\n"
+    "Note that the files created by the installation scripts aren't displayed.\n"
+    "The Debian archive keeps old versions of packages for a while."
+)
+
+
+def test_the_answering_command_and_its_introduction_come_together():
+    quotes = select("How can I list the files of an installed package?", [DISTRACTOR, ANSWER])
+    got = [(q.passage, q.text) for q in quotes]
+    assert (2, "To list all the files provided by the installed package foo execute the command") in got
+    assert (2, "dpkg --listfiles foo") in got
+    # reading order within the passage: the introduction before its command
+    i = got.index((2, "dpkg --listfiles foo"))
+    assert got[i - 1][1].startswith("To list all the files")
+    # the FAQ question line is a signpost, not an answer
+    assert all(not q.text.endswith("?") for q in quotes)
+
+
+def test_exact_technical_term_beats_a_sentence_that_shares_more_words():
+    passages = [
+        "grep prints each line that matches the pattern; grep options are listed below.",
+        "--ignore-case\n   ignore case distinctions in patterns and data",
+    ]
+    quotes = select("What does the --ignore-case option of grep do?", passages, max_units=1)
+    assert [(q.passage, q.text) for q in quotes] == [(2, "--ignore-case ignore case distinctions in patterns and data")]
+
+
+def test_chinese_question_words_carry_no_weight():
+    passages = [
+        "怎么办？为什么？如何如何，怎么怎么。",
+        "要列出已安装的软件包 foo 提供的所有文件，请执行\n\ndpkg --listfiles foo\n\n注意，不会显示软件包的安装脚本所创建的文件。",
+    ]
+    quotes = select("怎样列出一个已安装软件包里的所有文件？", passages)
+    assert quotes and quotes[0].passage == 2
+    assert "dpkg --listfiles foo" in [q.text for q in quotes]
+    assert all(q.passage == 2 for q in quotes)
+
+
+def test_a_passage_sharing_only_question_words_is_not_quoted():
+    assert select("不想让软件包被升级，应该怎么做？能不能做到？", ["您应该怎么做？能不能做到？"]) == []
+    assert select("What do I need to know? Tell me the way.", ["You need to know the way; tell me."]) == []
+
+
+def test_a_matching_faq_question_lends_its_score_to_the_answer_under_it():
+    passages = [
+        "Mirrors carry the archive for apt.",
+        "How do I keep a package at its current version?\nRun apt-mark hold foo.\n\nSee also the mirrors.",
+    ]
+    quotes = select("How do I keep a package at its current version?", passages, max_units=1)
+    assert [(q.passage, q.text) for q in quotes] == [(2, "Run apt-mark hold foo.")]
+
+
+def test_sentence_ending_in_a_colon_pulls_in_the_command_after_it():
+    passage = (
+        "Once you've created a virtual environment, you may activate it.\n\nOn Windows, run:\n\n"
+        "tutorial-env\\Scripts\\activate.bat\n\nOn Unix or MacOS, run:\n\nsource tutorial-env/bin/activate\n\n"
+        "This script is written for the bash shell."
+    )
+    quotes = select("How do I activate the environment on MacOS?", [passage])
+    got = [q.text for q in quotes]
+    assert "On Unix or MacOS, run:" in got
+    assert got[got.index("On Unix or MacOS, run:") + 1] == "source tutorial-env/bin/activate"
+
+
+def test_citations_name_the_passage_each_quote_came_from():
+    passages = ["Nothing relevant lives here at all.", "Use apt-mark hold foo to keep foo at its version.",
+                "Run apt-mark unhold foo to let it upgrade again."]  # fmt: skip
+    quotes = select("How do I hold a package with apt-mark?", passages)
+    by_text = {q.text: q.passage for q in quotes}
+    assert by_text["Use apt-mark hold foo to keep foo at its version."] == 2
+    assert by_text.get("Run apt-mark unhold foo to let it upgrade again.", 3) == 3
+    assert 1 not in by_text.values()
+    for q in quotes:
+        assert passages[q.passage - 1][q.start :].startswith(q.text)
+
+
+def test_quotes_are_grouped_by_passage_in_reading_order():
+    p1 = "The grep tool searches files. Use grep -i to ignore case in grep. Case matters by default."
+    p2 = "Use grep -w to match whole words. The -i option also ignores case for grep."
+    quotes = select("How do I make grep ignore case with -i?", [p1, p2], max_units=4)
+    passages = [q.passage for q in quotes]
+    assert passages == sorted(passages, key=passages.index)  # each passage's quotes are contiguous
+    for p in set(passages):
+        starts = [q.start for q in quotes if q.passage == p]
+        assert starts == sorted(starts)
+
+
+def test_max_chars_is_respected_and_an_over_long_unit_is_cut_with_an_ellipsis():
+    long_sentence = "The venv module creates virtual environments " + "with many words " * 60 + "at the end."
+    quotes = select("How does venv create virtual environments?", [long_sentence, "venv creates environments."],
+                    max_chars=120)  # fmt: skip
+    assert sum(len(q.text) for q in quotes) <= 120
+    assert quotes[0].text.endswith("…")
+    assert not quotes[0].text[:-1].endswith(" ")
+    many = [f"Virtual environments: sentence {i} about venv environments." for i in range(30)]
+    quotes = select("virtual environments venv", [" ".join(many)], max_chars=200, max_units=10)
+    assert sum(len(q.text) for q in quotes) <= 200
+
+
+def test_max_units_limits_the_picks():
+    text = " ".join(f"Sentence {i} mentions rsync and its options." for i in range(10))
+    assert len(select("What does rsync do?", [text], max_units=2)) == 2
+
+
+def test_injected_similarity_decides_between_units_that_share_no_words():
+    passage = "Pass reverse=True to sorted. Pass key=str.lower to sorted."
+
+    def sim(question, units):
+        return [0.9 if "reverse" in u else 0.1 for u in units]
+
+    def sim_other(question, units):
+        return [0.1 if "reverse" in u else 0.9 for u in units]
+
+    q = "How do I sort from largest to smallest?"
+    assert select(q, [passage], similarity=sim, max_units=1)[0].text == "Pass reverse=True to sorted."
+    assert select(q, [passage], similarity=sim_other, max_units=1)[0].text == "Pass key=str.lower to sorted."
+
+
+def test_select_is_deterministic_and_handles_no_passages():
+    passages = [DISTRACTOR, ANSWER, ANSWER]
+    q = "How can I list the files of an installed package?"
+    assert select(q, passages) == select(q, passages)
+    assert select(q, []) == []
+    assert select(q, ["", "   "]) == []
+    # overlapping chunks: the same sentence is quoted once
+    texts_ = [x.text for x in select(q, [ANSWER, ANSWER], max_units=8)]
+    assert "dpkg --listfiles foo" in texts_
+    assert len(texts_) == len(set(texts_))
+
+
+# ----------------------------------------------------------------------------------------------- render + answerer
+
+
+def test_render_lead_in_follows_the_language():
+    quotes = [Quote(2, "dpkg --listfiles foo", 0, 1.0), Quote(2, "注意，不会显示安装脚本所创建的文件。", 30, 0.5)]
+    assert render(quotes, "zh").splitlines() == [
+        "文档中的相关原文：",
+        "dpkg --listfiles foo [2]",
+        "注意，不会显示安装脚本所创建的文件。 [2]",
+    ]
+    assert render(quotes[:1], "en") == "From the documents:\ndpkg --listfiles foo [2]"
+    assert render([], "en") != render([], "zh")
+
+
+def test_answerer_streams_pieces_that_join_into_the_rendered_answer():
+    a = ExtractiveAnswerer()
+    assert a.name == "extractive"
+    q = "How can I list the files of an installed package?"
+    pieces = list(a.answer(q, [DISTRACTOR, ANSWER]))
+    assert len(pieces) > 1
+    assert "".join(pieces) == render(select(q, [DISTRACTOR, ANSWER]), "en")
+    assert "dpkg --listfiles foo [2]" in "".join(pieces)
+
+
+def test_answerer_uses_similarity_only_for_covered_languages():
+    calls = []
+
+    def sim(question, units):
+        calls.append(question)
+        return [0.5] * len(units)
+
+    a = ExtractiveAnswerer(similarity=sim, covered_languages=frozenset({"en"}))
+    "".join(a.answer("How can I list the files of an installed package?", [ANSWER]))
+    assert len(calls) == 1
+    zh = "".join(
+        a.answer("怎样列出软件包里的所有文件？", ["要列出软件包 foo 的所有文件，请执行\n\ndpkg --listfiles foo"])
+    )
+    assert len(calls) == 1  # not called for Chinese
+    assert zh.startswith("文档中的相关原文：") and "dpkg --listfiles foo [1]" in zh
+
+
+@pytest.mark.parametrize("max_chars", [80, 150, 600])
+def test_answerer_output_with_lead_in_and_markers_fits_max_chars(max_chars):
+    a = ExtractiveAnswerer(max_chars=max_chars)
+    text = "".join(a.answer("How can I list the files of an installed package?", [ANSWER, DISTRACTOR, ANSWER]))
+    assert len(text) <= max_chars
+    assert text.startswith("From the documents:\n")
+
+
+def test_answerer_max_units_bounds_the_picks():
+    text = " ".join(f"Sentence {i} mentions rsync and its options." for i in range(12))
+    assert len(list(ExtractiveAnswerer(max_units=2).answer("What does rsync do?", [text]))) == 3  # lead-in + 2
+    assert len(list(ExtractiveAnswerer().answer("What does rsync do?", [text]))) == 1 + ANSWER_UNITS
