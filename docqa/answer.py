@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from .config import Settings
@@ -84,21 +84,6 @@ def generation_options(settings: Settings, cancel: threading.Event | None = None
     )
 
 
-def open_generator(settings: Settings, retriever: Retriever, progress: Callable[[str], None] | None = None) -> Generator:
-    """The configured generator, with the retriever's embedder as the extractive answerer's similarity."""
-    import numpy as np
-
-    from .generate import get_generator
-
-    embedder = retriever.embedder
-
-    def similarity(question: str, texts: Sequence[str]) -> list[float]:
-        q = np.asarray(embedder.encode_query(question))
-        return [float(x) for x in np.asarray(embedder.encode(list(texts))) @ q]
-
-    return get_generator(settings, progress, similarity=similarity, covered_languages=embedder.languages)
-
-
 def ask(
     question: str,
     retriever: Retriever,
@@ -143,11 +128,31 @@ def ask(
     answer.passages = plan.passages
     answer.passage_tokens = plan.passage_tokens
 
-    pieces: list[str] = []
-    first: float | None = None
     t2 = time.perf_counter()
     passages = [h.text for h in plan.passages]
     stream = generator.stream_grounded(question, passages, plan.messages, generation_options(settings, cancel))
+    text, first = _consume(stream, on_text, cancel, t0)
+    t_end = time.perf_counter()
+    answer.text = text
+    answer.citations, answer.invalid_citations = parse_citations(answer.text, len(plan.passages))
+    answer.timings = {
+        "retrieval": t_retrieval,
+        "prompt": t_prompt,
+        "first_token": first if first is not None else t_end - t0,
+        "generation": t_end - t2,
+        "total": t_end - t0,
+    }
+    return answer
+
+
+def _consume(
+    stream: Iterator[str], on_text: Callable[[str], None] | None, cancel: threading.Event | None, t0: float
+) -> tuple[str, float | None]:
+    """(the whole stripped text, seconds from `t0` to its first piece) of `stream`, passing each piece to
+    `on_text`. Ctrl-C sets `cancel` and keeps the partial text when a `cancel` event is given; the stream is
+    closed either way, so a model stops decoding at once."""
+    pieces: list[str] = []
+    first: float | None = None
     try:
         for piece in stream:
             if first is None:
@@ -163,17 +168,7 @@ def ask(
         close = getattr(stream, "close", None)
         if close:
             close()
-    t_end = time.perf_counter()
-    answer.text = "".join(pieces).strip()
-    answer.citations, answer.invalid_citations = parse_citations(answer.text, len(plan.passages))
-    answer.timings = {
-        "retrieval": t_retrieval,
-        "prompt": t_prompt,
-        "first_token": first if first is not None else t_end - t0,
-        "generation": t_end - t2,
-        "total": t_end - t0,
-    }
-    return answer
+    return "".join(pieces).strip(), first
 
 
-__all__ = ["ABSTAIN", "CANDIDATES", "ask", "open_generator", "parse_citations", "passage_label", "source_line"]
+__all__ = ["ABSTAIN", "CANDIDATES", "ask", "parse_citations", "passage_label", "source_line"]

@@ -1,10 +1,10 @@
 """Conversations: follow-up rewriting, question/answer history, and sessions saved as JSON.
 
-    >>> chat = Chat(retriever, generator, settings, Session.load(settings.sessions_dir, "work"))
-    >>> chat.ask("How do I install nginx?").text
+    >>> chat = Chat(retriever, generator, settings, Session.load(settings.sessions_dir, "work"))  # doctest: +SKIP
+    >>> chat.ask("How do I install nginx?").text  # doctest: +SKIP
     'Run apt-get install nginx [1].'
-    >>> a = chat.ask("And where is its configuration file?")
-    >>> a.rewritten_query                        # what retrieval searched for (the demo model's rule)
+    >>> a = chat.ask("And where is its configuration file?")  # doctest: +SKIP
+    >>> a.rewritten_query                        # what retrieval searched for (the demo model's rule)  # doctest: +SKIP
     'And where is its configuration file? (install nginx)'
 
 Follow-ups are rewritten into a standalone question for retrieval. A chat model (`generator.is_chat_model`) does

@@ -169,7 +169,7 @@ def answerer_settings(settings, spec: str):
 def run_answer_eval(path, settings, llms: str | Sequence[str] = ("auto",), progress=None) -> AnswerReport:
     """Load the QA file, open the knowledge base once, and evaluate each answerer named in `llms` (comma-separated
     or a list; see `answerer_settings`), loading one model at a time."""
-    from .answer import open_generator
+    from .generate import get_generator
     from .errors import ConfigError
     from .evaluate import load_qa
     from .retrieve import open_retriever
@@ -184,7 +184,7 @@ def run_answer_eval(path, settings, llms: str | Sequence[str] = ("auto",), progr
     try:
         for spec in specs:
             s = answerer_settings(settings, spec)
-            gen = open_generator(s, retriever)
+            gen = get_generator(s)
             part = evaluate_answers(items, retriever, {spec: gen}, s, progress)
             groups.update(part.groups)
             records.update(part.records)

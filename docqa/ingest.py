@@ -1,7 +1,7 @@
 """Sync files and folders into a knowledge base: walk -> load -> chunk -> embed -> store, incrementally.
 
-    >>> report = ingest(["docs/"], load_settings(index="indexes/demo"))
-    >>> report.added, report.unchanged, report.failed
+    >>> report = ingest(["docs/"], load_settings(index="indexes/demo"))  # doctest: +SKIP
+    >>> report.added, report.unchanged, report.failed  # doctest: +SKIP
     (12, 0, [])
 
 A re-run skips files whose size and mtime are unchanged (then those whose SHA-256 is unchanged), re-embeds changed
@@ -74,6 +74,66 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _walk_folder(
+    folder: Path, include_hidden: bool, follow_symlinks: bool,
+    files: list[tuple[Path, str]], skipped: list[tuple[str, str]],
+) -> None:  # fmt: skip
+    """Append the supported regular files under `folder` to `files` and what was passed over to `skipped`."""
+    root = str(folder)
+    real_root = os.path.realpath(folder)
+    seen_dirs = {real_root}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if not include_hidden and _is_hidden(d):
+                continue
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if not follow_symlinks:
+                    skipped.append((full, "symlink to a folder (not followed; use --follow-symlinks)"))
+                    continue
+                if not (real + os.sep).startswith(real_root + os.sep) or real in seen_dirs:
+                    skipped.append((full, "symlink loop or link outside the folder (not followed)"))
+                    continue
+                seen_dirs.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if not include_hidden and _is_hidden(name):
+                continue
+            reason = _skip_reason(full, real_root, follow_symlinks)
+            if reason:
+                skipped.append((full, reason))
+            else:
+                files.append((Path(full), root))
+
+
+def _skip_reason(full: str, real_root: str, follow_symlinks: bool) -> str | None:
+    """Why the file `full` found under `real_root` is not ingested, or None to take it."""
+    from .load import is_supported
+
+    try:
+        st = os.lstat(full)
+    except OSError as e:
+        return f"cannot stat: {e.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        if not follow_symlinks:
+            return "symlink (not followed; use --follow-symlinks)"
+        if not os.path.realpath(full).startswith(real_root + os.sep):
+            return "symlink pointing outside the folder (not followed)"
+        try:
+            st = os.stat(full)
+        except OSError:
+            return "broken symlink or symlink loop"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (FIFO, socket or device)"
+    if not is_supported(Path(full)):
+        return f"unsupported file type {Path(full).suffix or '(no extension)'}"
+    return None
+
+
 def collect_files(
     paths: Iterable[str | Path], include_hidden: bool = False, follow_symlinks: bool = False
 ) -> tuple[list[tuple[Path, str]], list[tuple[str, str]], list[str]]:
@@ -82,8 +142,6 @@ def collect_files(
     Files named explicitly are always taken. In folders, hidden entries are skipped unless `include_hidden`;
     symlinks are skipped unless `follow_symlinks`, and even then never followed outside the folder or in a loop.
     """
-    from .load import is_supported
-
     files: list[tuple[Path, str]] = []
     skipped: list[tuple[str, str]] = []
     roots: list[str] = []
@@ -94,56 +152,8 @@ def collect_files(
         if not p.is_dir():
             files.append((p, str(p.parent)))
             continue
-        root = str(p)
-        roots.append(root)
-        real_root = os.path.realpath(p)
-        seen_dirs = {real_root}
-        for dirpath, dirnames, filenames in os.walk(p, followlinks=follow_symlinks):
-            keep = []
-            for d in sorted(dirnames):
-                full = os.path.join(dirpath, d)
-                if not include_hidden and _is_hidden(d):
-                    continue
-                if os.path.islink(full):
-                    real = os.path.realpath(full)
-                    if not follow_symlinks:
-                        skipped.append((full, "symlink to a folder (not followed; use --follow-symlinks)"))
-                        continue
-                    if not (real + os.sep).startswith(real_root + os.sep) or real in seen_dirs:
-                        skipped.append((full, "symlink loop or link outside the folder (not followed)"))
-                        continue
-                    seen_dirs.add(real)
-                keep.append(d)
-            dirnames[:] = keep
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                if not include_hidden and _is_hidden(name):
-                    continue
-                try:
-                    st = os.lstat(full)
-                except OSError as e:
-                    skipped.append((full, f"cannot stat: {e.strerror}"))
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    real = os.path.realpath(full)
-                    if not follow_symlinks:
-                        skipped.append((full, "symlink (not followed; use --follow-symlinks)"))
-                        continue
-                    if not real.startswith(real_root + os.sep):
-                        skipped.append((full, "symlink pointing outside the folder (not followed)"))
-                        continue
-                    try:
-                        st = os.stat(full)
-                    except OSError:
-                        skipped.append((full, "broken symlink or symlink loop"))
-                        continue
-                if not stat.S_ISREG(st.st_mode):
-                    skipped.append((full, "not a regular file (FIFO, socket or device)"))
-                    continue
-                if not is_supported(Path(full)):
-                    skipped.append((full, f"unsupported file type {Path(full).suffix or '(no extension)'}"))
-                    continue
-                files.append((Path(full), root))
+        roots.append(str(p))
+        _walk_folder(p, include_hidden, follow_symlinks, files, skipped)
     # the same file named twice (a folder and a file in it) is taken once
     unique = {str(f): (f, r) for f, r in files}
     return list(unique.values()), skipped, roots
@@ -290,6 +300,41 @@ def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport
     return todo, touch
 
 
+def _prepare(cand, item, settings: Settings, embedder: Embedder, report: IngestReport, emit):
+    """(document row, chunks) for one loaded file (`item`: its Document, or the reason it failed), counted into
+    `report`; a file that yields no chunk is recorded as failed with a reason, so a re-run tries it again."""
+    info = DocumentInfo(path=str(cand.path), root=cand.root, size=cand.size, mtime_ns=cand.mtime_ns, sha256=cand.sha256)
+    if not info.sha256:
+        try:
+            info.sha256 = sha256_file(cand.path)
+        except OSError as e:
+            item = f"cannot read: {e.strerror}"
+    chunks: list[Chunk] = []
+    if isinstance(item, Document):
+        chunks = chunk_document(
+            item, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap, embedder.max_tokens - 2
+        )
+        if not chunks:
+            item = "no text (scanned PDF or empty document?)"
+        else:
+            info.pages = len(item.pages) or None
+            info.title = str(item.metadata.get("title", ""))[:300]
+            info.chunks = len(chunks)
+            report.pages += len(item.pages)
+    if isinstance(item, str):
+        info.status, info.error = "failed", item
+        report.failed.append((info.path, item))
+        emit("file", path=info.path, status="failed", reason=item)
+    else:
+        report.chunks += len(chunks)
+        if cand.existed:
+            report.updated += 1
+        else:
+            report.added += 1
+        emit("file", path=info.path, status="updated" if cand.existed else "added", chunks=len(chunks))
+    return info, chunks
+
+
 def _load_embed_commit(kb, todo, settings: Settings, embedder: Embedder, report: IngestReport, emit) -> None:
     staged: list[tuple[DocumentInfo, list[Chunk]]] = []
     staged_chunks = 0
@@ -321,37 +366,7 @@ def _load_embed_commit(kb, todo, settings: Settings, embedder: Embedder, report:
     prefetch = _Prefetcher(todo, settings)
     try:
         for cand, item in prefetch:
-            info = DocumentInfo(
-                path=str(cand.path), root=cand.root, size=cand.size, mtime_ns=cand.mtime_ns, sha256=cand.sha256
-            )
-            if not info.sha256:
-                try:
-                    info.sha256 = sha256_file(cand.path)
-                except OSError as e:
-                    item = f"cannot read: {e.strerror}"
-            chunks: list[Chunk] = []
-            if isinstance(item, Document):
-                chunks = chunk_document(
-                    item, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap, embedder.max_tokens - 2
-                )
-                if not chunks:
-                    item = "no text (scanned PDF or empty document?)"
-                else:
-                    info.pages = len(item.pages) or None
-                    info.title = str(item.metadata.get("title", ""))[:300]
-                    info.chunks = len(chunks)
-                    report.pages += len(item.pages)
-            if isinstance(item, str):
-                info.status, info.error = "failed", item
-                report.failed.append((info.path, item))
-                emit("file", path=info.path, status="failed", reason=item)
-            else:
-                report.chunks += len(chunks)
-                if cand.existed:
-                    report.updated += 1
-                else:
-                    report.added += 1
-                emit("file", path=info.path, status="updated" if cand.existed else "added", chunks=len(chunks))
+            info, chunks = _prepare(cand, item, settings, embedder, report, emit)
             staged.append((info, chunks))
             staged_chunks += len(chunks)
             if staged_chunks >= batch_chunks or time.monotonic() - last_commit > 30:

@@ -1,9 +1,9 @@
 """The prompt `ask` sends: instruction, numbered passages, kept history and the question, within a token budget.
 
-    >>> plan = build_prompt("tar 怎么解压？", hits, generator, settings, history=[("q1", "a1")])
-    >>> plan.messages[-1]["content"][:40]
+    >>> plan = build_prompt("tar 怎么解压？", hits, generator, settings, history=[("q1", "a1")])  # doctest: +SKIP
+    >>> plan.messages[-1]["content"][:40]  # doctest: +SKIP
     '请只根据下面“资料开始”和“资料结束”之间的编号资料回答问题。'
-    >>> plan.passage_tokens, plan.total_tokens, plan.budget
+    >>> plan.passage_tokens, plan.total_tokens, plan.budget  # doctest: +SKIP
     ([212, 180], 655, 7680)
 
 Layout. ChatGLM2 has no system role, so the last user turn holds everything, in this order: the instruction
@@ -161,6 +161,36 @@ def _history_messages(turns: Sequence[tuple[str, str]]) -> list[Message]:
     return out
 
 
+def _fit_newest(sizes: Sequence[int], cap: int) -> int:
+    """How many of the last `sizes` fit in `cap` together (history: newest turns first, oldest dropped).
+
+    >>> _fit_newest([5, 3, 4], 8), _fit_newest([5, 3, 4], 3)
+    (2, 0)
+    """
+    used = kept = 0
+    for size in reversed(sizes):
+        if used + size > cap:
+            break
+        used += size
+        kept += 1
+    return kept
+
+
+def _fit_first(sizes: Sequence[int], room: int) -> int:
+    """How many of the first `sizes` fit in `room` (passages: best first, whole, stop at the first that does not).
+
+    >>> _fit_first([4, 4, 1], 9), _fit_first([10, 1], 9)
+    (2, 0)
+    """
+    n = 0
+    for size in sizes:
+        if size > room:
+            break
+        room -= size
+        n += 1
+    return n
+
+
 def build_prompt(
     question: str,
     hits: Sequence[Hit],
@@ -197,31 +227,15 @@ def build_prompt(
     # "\n\n" joins blocks: count each block with its separator so the sum tracks the rendered prompt
     block_tokens = [count(b + "\n\n") for b in blocks]
 
-    # History: newest turns first, within HISTORY_SHARE of the room and leaving room for the best passage.
     room = budget - fixed
     turns = list(history)
-    turn_tokens = [count(generator.render(_history_messages([t]))) for t in turns]
     # a best passage that cannot fit at all is no reason to drop history
     first_passage = block_tokens[0] if block_tokens and block_tokens[0] <= room else 0
     cap = min(int(room * HISTORY_SHARE), room - first_passage)
-    kept_from = len(turns)
-    used = 0
-    for i in range(len(turns) - 1, -1, -1):
-        if used + turn_tokens[i] > cap:
-            break
-        used += turn_tokens[i]
-        kept_from = i
+    kept_from = len(turns) - _fit_newest([count(generator.render(_history_messages([t]))) for t in turns], cap)
     kept, dropped = turns[kept_from:], turns[:kept_from]
     history_tokens = total(kept, []) - fixed if kept else 0
-
-    # Passages: best first, whole, stop at the first that does not fit.
-    left = room - history_tokens
-    n = 0
-    for t in block_tokens:
-        if t > left:
-            break
-        left -= t
-        n += 1
+    n = _fit_first(block_tokens, room - history_tokens)
 
     # Exact check on the rendered prompt; per-piece counts can be off by a token at the joins.
     tokens = total(kept, blocks[:n])

@@ -157,7 +157,7 @@ def recorder(monkeypatch):
 
     gen = Recorder()
 
-    def get_generator(settings, progress=None):
+    def get_generator(settings, progress=None, **kw):
         gen.settings = settings
         return gen
 

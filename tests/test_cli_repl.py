@@ -71,7 +71,7 @@ def cli(demo, kb, tmp_path, monkeypatch):
     import docqa.generate
     from docqa.cli import app
 
-    monkeypatch.setattr(docqa.generate, "get_generator", lambda settings, progress=None: demo)
+    monkeypatch.setattr(docqa.generate, "get_generator", lambda settings, progress=None, **kw: demo)
     monkeypatch.setenv("DOCQA_SESSIONS_DIR", str(tmp_path / "sessions"))
     monkeypatch.setenv("DOCQA_MAX_NEW_TOKENS", "16")
 

@@ -23,7 +23,7 @@ from .render import answer_to_console, err, out
 
 def _answer_setup(flags: AnswerFlags):
     """Settings, retriever and generator for ask/chat; when no real model answers, one notice on stderr."""
-    from ..answer import open_generator
+    from ..generate import get_generator
     from ..config import load_settings
     from ..generate import notice
     from ..retrieve import open_retriever
@@ -32,7 +32,7 @@ def _answer_setup(flags: AnswerFlags):
     retriever = open_retriever(s)  # before the model: a missing knowledge base should fail fast
     if line := notice(s):
         err.print(f"[yellow]{escape(line)}[/]")
-    gen = open_generator(s, retriever, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
+    gen = get_generator(s, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
     return s, retriever, gen
 
 

@@ -196,14 +196,8 @@ def print_eval(out: Console, report: EvalReport) -> None:
 
 
 def print_answer_eval(out: Console, report) -> None:
-    """Answer accuracy, citations, abstentions, length and latency per answerer and group, one row each."""
-    from rich.table import Table
+    """Answer accuracy, citations, abstentions, length and latency per answerer and group, as a Markdown table
+    (twelve columns do not fit a terminal's width as a Rich table; Markdown pastes into a report as it is)."""
+    from ..evaluate_answers import markdown_table
 
-    from ..evaluate_answers import LATENCIES, METRICS
-
-    t = Table("answerer", "questions", *METRICS, "chars", *LATENCIES, box=None)
-    for name, groups in report.groups.items():
-        for group, m in groups.items():
-            t.add_row(name, f"{group} ({m['n']})", *(f"{m[k]:.2f}" for k in METRICS), f"{m['chars']:.0f}",
-                      *(f"{m[k]:.2f}" for k in LATENCIES))  # fmt: skip
-    out.print(t)
+    out.print(markdown_table(report), soft_wrap=True, markup=False, highlight=False)

@@ -1,7 +1,7 @@
 """A generator that streams from any OpenAI-compatible chat server (vLLM, llama.cpp server, Ollama, LM Studio...).
 
-    >>> gen = OpenAIGenerator("http://127.0.0.1:8000", model="chatglm2-6b")   # with or without the /v1
-    >>> for piece in gen.stream([{"role": "user", "content": "Hi"}], GenerationOptions(max_new_tokens=16)):
+    >>> gen = OpenAIGenerator("http://127.0.0.1:8000", model="chatglm2-6b")   # with or without the /v1  # doctest: +SKIP
+    >>> for piece in gen.stream([{"role": "user", "content": "Hi"}], GenerationOptions(max_new_tokens=16)):  # doctest: +SKIP
     ...     print(piece, end="")
 
 It sends `POST {url}/v1/chat/completions` with `"stream": true` and reads the server-sent events (`data: {...}`

@@ -17,10 +17,10 @@ G+1 complete. Readers read the generation and the chunk rows inside one SQLite r
 search during an ingest sees the old or the new state, never a mix. The previous generation is kept so a reader
 that has just read G can still open it.
 
-    >>> kb = KnowledgeBase.open("indexes/demo", create=True, writable=True, embed_model="m", dim=384)
-    >>> with kb.batch() as b:
+    >>> kb = KnowledgeBase.open("indexes/demo", create=True, writable=True, embed_model="m", dim=384)  # doctest: +SKIP
+    >>> with kb.batch() as b:  # doctest: +SKIP
     ...     b.put_document(DocumentInfo("a.txt", ...), chunks, vectors)
-    >>> kb.close()
+    >>> kb.close()  # doctest: +SKIP
 
 One job per module:
   files.py        atomic writes, directory fsync, the flock writer lock ("locked by PID n")

@@ -1,6 +1,6 @@
 """The changes of one commit, collected inside `KnowledgeBase.batch()`.
 
-    >>> with kb.batch() as b:                       # BEGIN IMMEDIATE ... commit protocol on exit
+    >>> with kb.batch() as b:                       # BEGIN IMMEDIATE ... commit protocol on exit  # doctest: +SKIP
     ...     b.put_document(DocumentInfo("/d/a.txt", sha256="..."), chunks, vectors)
     ...     b.remove_document("/d/old.txt")
 

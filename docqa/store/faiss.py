@@ -3,8 +3,8 @@
     kb/vectors.<G>.faiss     faiss.serialize_index bytes; size and CRC32 recorded in SQLite (meta faiss_size,
                              faiss_crc32) in the commit that made generation G
 
-    >>> index = FaissIndex.empty(384)
-    >>> index.add(np.array([3]), v[None]); index.search(v, 5)
+    >>> index = FaissIndex.empty(384)  # doctest: +SKIP
+    >>> index.add(np.array([3]), v[None]); index.search(v, 5)  # doctest: +SKIP
     [(3, 1.0)]
 
 The file is checked against the recorded size and CRC32 before FAISS parses it, because FAISS trusts the sizes in

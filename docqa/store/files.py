@@ -1,8 +1,8 @@
 """The knowledge-base folder's file-level guarantees: atomic replacement and the single-writer lock.
 
-    >>> write_atomic(Path("kb/manifest.json"), b"{}")      # a crash leaves the old bytes or the new, never a mix
-    >>> lock = WriterLock.acquire(Path("kb"))              # StoreLockedError("... locked by PID 4242 ...") if held
-    >>> lock.release()
+    >>> write_atomic(Path("kb/manifest.json"), b"{}")      # a crash leaves the old bytes or the new, never a mix  # doctest: +SKIP
+    >>> lock = WriterLock.acquire(Path("kb"))              # StoreLockedError("... locked by PID 4242 ...") if held  # doctest: +SKIP
+    >>> lock.release()  # doctest: +SKIP
 
 The lock is `flock` on `kb/lock`, which holds the writer's PID for the error message. flock is released by the
 kernel when the process dies, so a killed ingest never leaves a stale lock behind.

@@ -1,12 +1,12 @@
 """KnowledgeBase: the facade over one knowledge-base folder (open, snapshot reads, batched writes).
 
-    >>> kb = KnowledgeBase.open("indexes/demo", create=True, writable=True, embed_model="m", dim=384)
-    >>> with kb.batch() as b:
+    >>> kb = KnowledgeBase.open("indexes/demo", create=True, writable=True, embed_model="m", dim=384)  # doctest: +SKIP
+    >>> with kb.batch() as b:  # doctest: +SKIP
     ...     b.put_document(DocumentInfo("a.txt", sha256="..."), chunks, vectors)
-    >>> with kb.snapshot():
+    >>> with kb.snapshot():  # doctest: +SKIP
     ...     hits = kb.dense_search(query_vector, 5)            # [(chunk_id, cosine), ...]
     ...     rows = kb.chunks(i for i, _ in hits)
-    >>> kb.close()
+    >>> kb.close()  # doctest: +SKIP
 
 The folder layout and the commit protocol are described in docqa/store/__init__.py. The reads (snapshot, search,
 rows) are inherited from reader.py; this class adds what needs the folder rather than the connection: opening

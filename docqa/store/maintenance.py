@@ -1,10 +1,10 @@
 """`docqa verify` and `docqa rebuild`: check that everything in a knowledge base agrees, and restore the derived
 indexes (vectors, lexical) from what SQLite keeps.
 
-    >>> with KnowledgeBase.open("kb", validate=False) as kb:
+    >>> with KnowledgeBase.open("kb", validate=False) as kb:  # doctest: +SKIP
     ...     verify(kb)
     [('warning', 'manifest.json lags one commit behind (interrupted commit; repaired by the next write)')]
-    >>> with KnowledgeBase.open("kb", writable=True, validate=False) as kb:
+    >>> with KnowledgeBase.open("kb", writable=True, validate=False) as kb:  # doctest: +SKIP
     ...     rebuild(kb)
     {'chunks': 1234, 'generation': 9}
 

@@ -1,8 +1,8 @@
 """The read side of a knowledge base: snapshots, dense search, documents and chunk rows (KnowledgeBase adds
 opening and writing; callers use KnowledgeBase).
 
-    >>> kb = KnowledgeBase.open("indexes/demo")
-    >>> with kb.snapshot():                                  # one committed generation for everything below
+    >>> kb = KnowledgeBase.open("indexes/demo")  # doctest: +SKIP
+    >>> with kb.snapshot():                                  # one committed generation for everything below  # doctest: +SKIP
     ...     hits = kb.dense_search(query_vector, 5)          # [(chunk_id, cosine), ...]
     ...     rows = kb.chunks(i for i, _ in hits)             # {chunk_id: ChunkRow}
 

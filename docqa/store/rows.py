@@ -1,8 +1,8 @@
 """The rows a knowledge base hands out: documents (what `docqa list` shows) and chunks (what search returns).
 
-    >>> kb.documents()[0]
+    >>> kb.documents()[0]  # doctest: +SKIP
     DocumentInfo(path='/docs/a.md', status='ok', chunks=12, ..., id=1)
-    >>> kb.chunks([42])[42].source
+    >>> kb.chunks([42])[42].source  # doctest: +SKIP
     '/docs/a.md'
 
 Limits: plain dataclasses, detached from the database: a row read in one snapshot says nothing about later ones.

@@ -1,9 +1,9 @@
 """The SQLite schema of a knowledge base, as numbered migrations recorded in the database itself.
 
-    >>> db = Path("kb/kb.sqlite"); conn = connect(db)
-    >>> applied_version(conn, db)      # 0 for an empty file, 1 for a knowledge base made before migrations
+    >>> db = Path("kb/kb.sqlite"); conn = connect(db)  # doctest: +SKIP
+    >>> applied_version(conn, db)      # 0 for an empty file, 1 for a knowledge base made before migrations  # doctest: +SKIP
     1
-    >>> migrate(conn, db)              # applies 2, 3, ... in order, each in its own transaction
+    >>> migrate(conn, db)              # applies 2, 3, ... in order, each in its own transaction  # doctest: +SKIP
     1
 
 Every schema change is a new `Migration` appended to MIGRATIONS (never an edit of an old one): opening a knowledge

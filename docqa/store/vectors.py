@@ -1,12 +1,12 @@
 """The vector index behind a knowledge base, as an interface a second backend (Milvus, later) can implement.
 
-    >>> cls = vector_backend("faiss")
-    >>> index = cls.empty(dim=384)
-    >>> index.add(np.array([7, 9]), vectors)              # ids are the chunk ids; vectors unit length, float32
-    >>> index.search(vectors[1], k=1)
+    >>> cls = vector_backend("faiss")  # doctest: +SKIP
+    >>> index = cls.empty(dim=384)  # doctest: +SKIP
+    >>> index.add(np.array([7, 9]), vectors)              # ids are the chunk ids; vectors unit length, float32  # doctest: +SKIP
+    >>> index.search(vectors[1], k=1)  # doctest: +SKIP
     [(9, 1.0)]
-    >>> record = index.save(Path("kb"), generation=4)     # -> {"faiss_size": "...", "faiss_crc32": "..."}
-    >>> cls.load(Path("kb"), 4, record, dim=384).count()
+    >>> record = index.save(Path("kb"), generation=4)     # -> {"faiss_size": "...", "faiss_crc32": "..."}  # doctest: +SKIP
+    >>> cls.load(Path("kb"), 4, record, dim=384).count()  # doctest: +SKIP
     2
 
 Persistence is by generation: every commit saves the whole index as generation G+1, and the knowledge base stores
