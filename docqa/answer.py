@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .config import Settings
 from .documents import Answer, Hit
-from .generate.base import GenerationOptions, Generator
+from .generate.base import GenerationOptions, GenerationStats, Generator
 from .prompt import PromptPlan, build_prompt, passage_label
 from .text import detect_language
 
@@ -74,13 +74,16 @@ def source_line(n: int, hit: Hit) -> str:
     return f"[{n}] {hit.location}" + (f" — {hit.section}" if hit.section else "")
 
 
-def generation_options(settings: Settings, cancel: threading.Event | None = None) -> GenerationOptions:
+def generation_options(
+    settings: Settings, cancel: threading.Event | None = None, stats: GenerationStats | None = None
+) -> GenerationOptions:
     return GenerationOptions(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
         repetition_penalty=settings.repetition_penalty,
         cancel=cancel,
+        stats=stats,
     )
 
 
@@ -130,7 +133,8 @@ def ask(
 
     t2 = time.perf_counter()
     passages = [h.text for h in plan.passages]
-    stream = generator.stream_grounded(question, passages, plan.messages, generation_options(settings, cancel))
+    stats = GenerationStats()
+    stream = generator.stream_grounded(question, passages, plan.messages, generation_options(settings, cancel, stats))
     text, first = _consume(stream, on_text, cancel, t0)
     t_end = time.perf_counter()
     answer.text = text
@@ -142,6 +146,8 @@ def ask(
         "generation": t_end - t2,
         "total": t_end - t0,
     }
+    if stats.prompt_tokens:  # a local model ran: what reading the prompt and generating cost
+        answer.timings.update(stats.to_timings())
     return answer
 
 

@@ -176,6 +176,8 @@ def test_ask_end_to_end_with_the_demo_model(demo, kb_settings):
     assert a.model.startswith("demo")
     assert 0 < a.timings["first_token"] <= a.timings["total"]
     assert "\n" not in a.text and "=====" not in a.text and "PASSAGES" not in a.text
+    assert a.timings["prompt_tokens"] > 50 and 1 <= a.timings["new_tokens"] <= kb_settings.max_new_tokens
+    assert a.timings["prefill_s"] > 0 and a.timings["cached_tokens"] == 0
     assert not a.invalid_citations
     json.dumps(a.to_json(), ensure_ascii=False)
 

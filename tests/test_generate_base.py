@@ -182,6 +182,20 @@ def test_sample_tokens_seeded_sampling_is_reproducible():
     assert a == b and len(a) == 10
 
 
+def test_sample_tokens_fills_in_the_stats_it_is_given():
+    from docqa.generate.base import GenerationStats
+
+    model = _tiny("llama")
+    stats = GenerationStats()
+    got = list(sample_tokens(model, PROMPT, GenerationOptions(max_new_tokens=7, temperature=0, stats=stats), []))
+    assert len(got) == 7 and stats.prompt_tokens == len(PROMPT) and stats.new_tokens == 7 and stats.cached_tokens == 0
+    assert stats.prefill_s > 0 and stats.decode_s > 0
+    t = stats.to_timings()
+    assert t["tokens_per_s"] == pytest.approx(6 / stats.decode_s) and t["new_tokens"] == 7
+    # without a stats object nothing is recorded anywhere (no state left on the model or the options)
+    assert list(sample_tokens(model, PROMPT, GenerationOptions(max_new_tokens=7, temperature=0), [])) == got
+
+
 def test_degenerate_loops_are_detected():
     from docqa.generate.base import is_degenerate
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,27 @@ _ONE_TOKEN_CHAR = re.compile(f"[{CJK_PUNCT}{CJK}]")
 
 
 @dataclass
+class GenerationStats:
+    """What one generation cost, filled in by a local model when the caller hands one in `GenerationOptions.stats`
+    (a fresh object per call, so figures never go stale): prompt tokens (of which `cached_tokens` were reused from
+    an earlier call's KV cache; 0 today), generated tokens, and the seconds spent reading the prompt (prefill, up
+    to the first token's logits) and generating the rest (decode)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    def to_timings(self) -> dict[str, float]:
+        """The figures as `Answer.timings` keys, with decode tokens/s."""
+        out = {k: float(v) for k, v in vars(self).items()}
+        if self.decode_s > 0 and self.new_tokens > 1:
+            out["tokens_per_s"] = (self.new_tokens - 1) / self.decode_s  # the first token comes with the prefill
+        return out
+
+
+@dataclass
 class GenerationOptions:
     max_new_tokens: int = 512
     temperature: float = 0.3  # 0 = greedy
@@ -48,6 +70,7 @@ class GenerationOptions:
     seed: int | None = None
     stop_loops: bool = True  # end the answer when it degenerates into a repeated phrase (see is_degenerate)
     cancel: threading.Event | None = None  # set it (from another thread) to stop after the current token
+    stats: GenerationStats | None = None  # filled in by local models (see GenerationStats)
 
 
 class Generator(ABC):
@@ -175,15 +198,26 @@ def sample_tokens(
         cache = DynamicCache()
     # transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated); accept both.
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    stats = options.stats
+    if stats is not None:
+        stats.prompt_tokens = len(input_ids)
     with torch.inference_mode():
-        for _ in range(options.max_new_tokens):
+        for step in range(options.max_new_tokens):
             if options.cancel is not None and options.cancel.is_set():
                 return
+            t = time.perf_counter()
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             cache = getattr(out, "cache", None) or out.past_key_values
             nxt = pick_next(out.logits[0, -1].to("cpu"), options, seen, gen)
+            if stats is not None:
+                if step == 0:
+                    stats.prefill_s += time.perf_counter() - t
+                else:
+                    stats.decode_s += time.perf_counter() - t
             if nxt in eos:
                 return
+            if stats is not None:
+                stats.new_tokens += 1
             yield nxt
             if options.repetition_penalty != 1.0:
                 seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
