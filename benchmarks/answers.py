@@ -32,10 +32,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _util import machine  # noqa: E402
 
-from docqa.generate import get_generator  # noqa: E402
 from docqa.config import Settings  # noqa: E402
 from docqa.evaluate import load_qa  # noqa: E402
 from docqa.evaluate_answers import answerer_settings, evaluate_answers, markdown_table  # noqa: E402
+from docqa.generate import get_generator  # noqa: E402
 
 
 def ensure_index(index: Path) -> None:
@@ -78,8 +78,10 @@ def main() -> None:
     for lang in ("en", "zh"):
         e, d = rep.groups["extractive"][lang], rep_demo.groups["demo"][lang]
         ratio = d["after_retrieval_s"] / max(e["after_retrieval_s"], 1e-6)
-        print(f"{lang}: answer_key extractive {e['answer_key']:.2f} vs demo {d['answer_key']:.2f}; "
-              f"time after retrieval: demo / extractive = {ratio:.0f}x")  # fmt: skip
+        print(
+            f"{lang}: answer_key extractive {e['answer_key']:.2f} vs demo {d['answer_key']:.2f}; "
+            f"time after retrieval: demo / extractive = {ratio:.0f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -91,11 +91,15 @@ def bench_demo(root: Path) -> None:
         total.append(a.timings["total"])
         gen_tokens.append(gen.count_tokens(a.text))
         prompt_tokens.append(gen.count_tokens(gen.render([{"role": "user", "content": "x"}])) + sum(a.passage_tokens))
-        print(f"  {q[:44]:<46} first token {a.timings['first_token']:5.2f} s, total {a.timings['total']:5.2f} s, "
-              f"{gen_tokens[-1]:3d} tokens out: {a.text[:60]!r}")  # fmt: skip
-    print(f"demo model (Gemma 3 270M, CPU): load {load:.1f} s; over {len(DEMO_QUESTIONS)} questions "
-          f"(~{statistics.median(prompt_tokens):.0f} prompt tokens, median {statistics.median(gen_tokens):.0f} out): "
-          f"time to first token {ms(first)}; total {ms(total)}")
+        print(
+            f"  {q[:44]:<46} first token {a.timings['first_token']:5.2f} s, total {a.timings['total']:5.2f} s, "
+            f"{gen_tokens[-1]:3d} tokens out: {a.text[:60]!r}"
+        )
+    print(
+        f"demo model (Gemma 3 270M, CPU): load {load:.1f} s; over {len(DEMO_QUESTIONS)} questions "
+        f"(~{statistics.median(prompt_tokens):.0f} prompt tokens, median {statistics.median(gen_tokens):.0f} out): "
+        f"time to first token {ms(first)}; total {ms(total)}"
+    )
 
 
 class _ChatGLM2Format(Generator):
@@ -137,13 +141,27 @@ def build_synthetic_kb(path: Path, n: int, dim: int) -> None:
             with kb.batch() as b:
                 for d in range(start, min(start + 5000, n), per_doc):
                     batch = texts[d : d + per_doc]
-                    chunks = [Chunk(text=t, start=i * 1000, end=i * 1000 + len(t), ordinal=i, page=i // 3 + 1,
-                                    section=f"Section {d // per_doc}.{i // 10}", n_tokens=200)
-                              for i, t in enumerate(batch)]  # fmt: skip
+                    chunks = [
+                        Chunk(
+                            text=t,
+                            start=i * 1000,
+                            end=i * 1000 + len(t),
+                            ordinal=i,
+                            page=i // 3 + 1,
+                            section=f"Section {d // per_doc}.{i // 10}",
+                            n_tokens=200,
+                        )
+                        for i, t in enumerate(batch)
+                    ]
                     vecs = rng.standard_normal((len(batch), dim)).astype("float32")
                     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-                    b.put_document(DocumentInfo(path=f"/synthetic/doc{d // per_doc:05d}.pdf", chunks=len(batch),
-                                                pages=len(batch) // 3 + 1), chunks, vecs)  # fmt: skip
+                    b.put_document(
+                        DocumentInfo(
+                            path=f"/synthetic/doc{d // per_doc:05d}.pdf", chunks=len(batch), pages=len(batch) // 3 + 1
+                        ),
+                        chunks,
+                        vecs,
+                    )
 
 
 def bench_outside_model(root: Path, n: int) -> None:
@@ -164,8 +182,16 @@ def bench_outside_model(root: Path, n: int) -> None:
     rng = random.Random(2)
     with KnowledgeBase.open(s.index) as kb:
         sample = [r.text for r in kb.chunks(rng.sample(range(1, n + 1), 30)).values()]
-    queries = ["how to install a package", "the package is installed", "如何安装软件包", "系统 配置 文件",
-               "dpkg -L", "/etc/fstab mount", "fix bug in debian release", "version upload new"]  # fmt: skip
+    queries = [
+        "how to install a package",
+        "the package is installed",
+        "如何安装软件包",
+        "系统 配置 文件",
+        "dpkg -L",
+        "/etc/fstab mount",
+        "fix bug in debian release",
+        "version upload new",
+    ]
     for text in sample:
         words = text.split() if " " in text else list(text)
         i = rng.randrange(max(1, len(words) - 6))
@@ -184,11 +210,15 @@ def bench_outside_model(root: Path, n: int) -> None:
             total.append(a.timings["total"])
             n_passages.append(len(a.passages))
             tokens.append(sum(a.passage_tokens))
-        print(f"outside the model at {n} chunks, {len(queries)} queries, 50 candidates, ChatGLM2 tokenizer, 8K context, "
-              f"torch threads {threads}:")  # fmt: skip
+        print(
+            f"outside the model at {n} chunks, {len(queries)} queries, 50 candidates, ChatGLM2 tokenizer, 8K context, "
+            f"torch threads {threads}:"
+        )
         print(f"  retrieval {ms(retrieval)}")
-        print(f"  prompt    {ms(prompt)}  (median {statistics.median(n_passages):.0f} passages, "
-              f"{statistics.median(tokens):.0f} passage tokens)")  # fmt: skip
+        print(
+            f"  prompt    {ms(prompt)}  (median {statistics.median(n_passages):.0f} passages, "
+            f"{statistics.median(tokens):.0f} passage tokens)"
+        )
         print(f"  total     {ms(total)}  (target: median < 300 ms)")
     torch.set_num_threads(default_threads)
 

@@ -116,8 +116,16 @@ def bench(n: int, chunks: list[str]) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = path.stat().st_size / 2**20
         rng = random.Random(1)
-        queries = ["how to install a package", "the package is installed", "fix bug in debian release",
-                   "如何安装软件包", "系统 配置 文件", "dpkg -L", "/etc/fstab mount", "version upload new"]
+        queries = [
+            "how to install a package",
+            "the package is installed",
+            "fix bug in debian release",
+            "如何安装软件包",
+            "系统 配置 文件",
+            "dpkg -L",
+            "/etc/fstab mount",
+            "version upload new",
+        ]
         while len(queries) < 108:
             t = texts[rng.randrange(n)].split()
             if len(t) < 8:
@@ -134,9 +142,11 @@ def bench(n: int, chunks: list[str]) -> None:
             lat.append(statistics.median(runs) * 1000)
         lat.sort()
         worst = max(zip(lat, queries))
-        print(f"{n:>7} chunks: add {n / add_s:7.0f} chunks/s ({add_s:.1f} s; tokenizing alone ~{tok_time:.1f} s), "
-              f"search p50 {lat[len(lat) // 2]:.2f} ms p95 {lat[int(len(lat) * 0.95)]:.2f} ms "
-              f"max {worst[0]:.1f} ms, DB {size:.0f} MiB, segments {conn.execute('SELECT COUNT(*) FROM lex_postings').fetchone()[0]}")
+        print(
+            f"{n:>7} chunks: add {n / add_s:7.0f} chunks/s ({add_s:.1f} s; tokenizing alone ~{tok_time:.1f} s), "
+            f"search p50 {lat[len(lat) // 2]:.2f} ms p95 {lat[int(len(lat) * 0.95)]:.2f} ms "
+            f"max {worst[0]:.1f} ms, DB {size:.0f} MiB, segments {conn.execute('SELECT COUNT(*) FROM lex_postings').fetchone()[0]}"
+        )
         n_pre = conn.execute("SELECT COUNT(*) FROM lex_terms").fetchone()[0]
         a = time.perf_counter()
         with conn:

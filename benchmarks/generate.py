@@ -31,14 +31,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CHATGLM2_6B = {
-    "model_type": "chatglm", "num_layers": 28, "hidden_size": 4096, "ffn_hidden_size": 13696, "kv_channels": 128,
-    "num_attention_heads": 32, "multi_query_attention": True, "multi_query_group_num": 2,
-    "padded_vocab_size": 65024, "seq_length": 32768, "layernorm_epsilon": 1e-5, "add_qkv_bias": True,
-    "add_bias_linear": False, "rmsnorm": True, "post_layer_norm": True, "original_rope": True,
-    "eos_token_id": 2, "pad_token_id": 0,
+    "model_type": "chatglm",
+    "num_layers": 28,
+    "hidden_size": 4096,
+    "ffn_hidden_size": 13696,
+    "kv_channels": 128,
+    "num_attention_heads": 32,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "padded_vocab_size": 65024,
+    "seq_length": 32768,
+    "layernorm_epsilon": 1e-5,
+    "add_qkv_bias": True,
+    "add_bias_linear": False,
+    "rmsnorm": True,
+    "post_layer_norm": True,
+    "original_rope": True,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
 }
-TEXT = ("Debian 参考手册 dpkg -L 列出软件包安装的文件。怎么查看一个软件包安装了哪些文件？"
-        "APT is Debian's package manager; dpkg is the low-level tool that installs .deb files.\n")
+TEXT = (
+    "Debian 参考手册 dpkg -L 列出软件包安装的文件。怎么查看一个软件包安装了哪些文件？"
+    "APT is Debian's package manager; dpkg is the low-level tool that installs .deb files.\n"
+)
 
 
 def random_tensors(cfg: dict, seed: int = 0):
@@ -97,8 +112,13 @@ def worker(args) -> dict:
     text_ids = tok.encode(TEXT, add_special_tokens=False)
     ids_for = lambda n: (tok.prefix_tokens() + text_ids * (n // len(text_ids) + 1))[:n]  # noqa: E731
 
-    out: dict = {"mode": mode, "layers": args.layers, "build_s": build_s, "act_dtype": str(act).split(".")[-1],
-                 "weights_gb": _weight_bytes(model) / 1e9}
+    out: dict = {
+        "mode": mode,
+        "layers": args.layers,
+        "build_s": build_s,
+        "act_dtype": str(act).split(".")[-1],
+        "weights_gb": _weight_bytes(model) / 1e9,
+    }
     layer_bytes = _weight_bytes(model.model.layers[0])
     out["weights_gb_est28"] = (_weight_bytes(model) + (28 - args.layers) * layer_bytes) / 1e9
 
@@ -107,8 +127,10 @@ def worker(args) -> dict:
         hidden = torch.randn(1, 1, cfg["hidden_size"], dtype=act, device=dev)
         head = []
         for _ in range(5):
-            sync(); t = time.perf_counter()
-            model.lm_head(model.model.norm(hidden)); sync()
+            sync()
+            t = time.perf_counter()
+            model.lm_head(model.model.norm(hidden))
+            sync()
             head.append(time.perf_counter() - t)
         head_s = statistics.median(head)
         out["head_ms"] = head_s * 1e3
@@ -121,8 +143,10 @@ def worker(args) -> dict:
         pre = []
         for _ in range(args.runs):
             ids = torch.tensor([ids_for(args.prefill)], device=dev)
-            sync(); t = time.perf_counter()
-            model(input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1); sync()
+            sync()
+            t = time.perf_counter()
+            model(input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+            sync()
             pre.append(time.perf_counter() - t)
         out["prefill_tokens"] = args.prefill
         out["prefill_tok_s"] = args.prefill / statistics.median(pre)
@@ -141,7 +165,8 @@ def worker(args) -> dict:
             nxt = torch.tensor([[ids_for(ctx + 1)[-1]]], device=dev)
             for _ in range(args.runs):
                 for _ in range(args.tokens):
-                    sync(); t = time.perf_counter()
+                    sync()
+                    t = time.perf_counter()
                     logits = model(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1).logits
                     sync()
                     steps.append(time.perf_counter() - t)
@@ -180,14 +205,32 @@ def main(argv=None) -> int:
 
     import torch
 
-    print(f"# ChatGLM2-6B shape, {args.layers}/28 layers, device={args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; medians of {args.runs} runs x {args.tokens} tokens")
+    print(
+        f"# ChatGLM2-6B shape, {args.layers}/28 layers, device={args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; medians of {args.runs} runs x {args.tokens} tokens"
+    )
     results = []
     for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, "--worker", mode, "--layers", str(args.layers),
-               "--contexts", ",".join(map(str, args.contexts)), "--prefill", str(args.prefill),
-               "--tokens", str(args.tokens), "--runs", str(args.runs), "--device", args.device,
-               "--tokenizer", args.tokenizer]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            mode,
+            "--layers",
+            str(args.layers),
+            "--contexts",
+            ",".join(map(str, args.contexts)),
+            "--prefill",
+            str(args.prefill),
+            "--tokens",
+            str(args.tokens),
+            "--runs",
+            str(args.runs),
+            "--device",
+            args.device,
+            "--tokenizer",
+            args.tokenizer,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -195,20 +238,29 @@ def main(argv=None) -> int:
             continue
         results.append(json.loads(lines[-1][7:]))
         r = results[-1]
-        print(f"{mode}: build {r['build_s']:.1f}s, weights {r['weights_gb']:.2f} GB (est.28 {r['weights_gb_est28']:.2f}), "
-              f"peak RSS {r['peak_rss_gb']:.2f} GB, prefill {r['prefill_tok_s']:.1f} tok/s "
-              f"(est.28 {r['prefill_tok_s_est28']:.1f}), head {r['head_ms']:.1f} ms", flush=True)
+        print(
+            f"{mode}: build {r['build_s']:.1f}s, weights {r['weights_gb']:.2f} GB (est.28 {r['weights_gb_est28']:.2f}), "
+            f"peak RSS {r['peak_rss_gb']:.2f} GB, prefill {r['prefill_tok_s']:.1f} tok/s "
+            f"(est.28 {r['prefill_tok_s_est28']:.1f}), head {r['head_ms']:.1f} ms",
+            flush=True,
+        )
         for ctx in args.contexts:
-            print(f"    decode @{ctx}: {r[f'decode_ms@{ctx}']:.1f} ms/token measured, "
-                  f"est.28 {r[f'decode_ms@{ctx}_est28']:.0f} ms/token", flush=True)
+            print(
+                f"    decode @{ctx}: {r[f'decode_ms@{ctx}']:.1f} ms/token measured, "
+                f"est.28 {r[f'decode_ms@{ctx}_est28']:.0f} ms/token",
+                flush=True,
+            )
     base = next((r for r in results if r["mode"] == "bf16"), None)
     if base:
         print("# ratios vs bf16 (est.28 figures; <1 = faster / smaller)")
         for r in results:
-            parts = [f"weights {r['weights_gb_est28'] / base['weights_gb_est28']:.2f}",
-                     f"prefill speed {r['prefill_tok_s'] / base['prefill_tok_s']:.2f}x"]
-            parts += [f"decode@{c} {r[f'decode_ms@{c}_est28'] / base[f'decode_ms@{c}_est28']:.2f}"
-                      for c in args.contexts]
+            parts = [
+                f"weights {r['weights_gb_est28'] / base['weights_gb_est28']:.2f}",
+                f"prefill speed {r['prefill_tok_s'] / base['prefill_tok_s']:.2f}x",
+            ]
+            parts += [
+                f"decode@{c} {r[f'decode_ms@{c}_est28'] / base[f'decode_ms@{c}_est28']:.2f}" for c in args.contexts
+            ]
             print(f"{r['mode']}: " + ", ".join(parts))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -38,8 +38,9 @@ print(time.perf_counter() - t)
 
 
 def timed_load(cache_dir: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET, str(cache_dir)], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_SNIPPET, str(cache_dir)], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -69,8 +70,12 @@ def time_generation(gen, prompt: str, new_tokens: int) -> dict:
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
-    return {"prompt_tokens": len(ids), "ttft_s": round(first - t0, 3), "new_tokens": n,
-            "decode_tok_s": round((n - 1) / (end - first), 2) if n > 1 else None}
+    return {
+        "prompt_tokens": len(ids),
+        "ttft_s": round(first - t0, 3),
+        "new_tokens": n,
+        "decode_tok_s": round((n - 1) / (end - first), 2) if n > 1 else None,
+    }
 
 
 def main() -> None:

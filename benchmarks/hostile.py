@@ -42,9 +42,14 @@ def main() -> None:
         t = time.perf_counter()
         cases = build_hostile_folder(docs)
         build_s = time.perf_counter() - t
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "DOCQA_MAX_FILE_MB": str(a.max_file_mb), "DOCQA_FILE_MEMORY_MB": str(a.memory_mb),
-               "DOCQA_FILE_TIMEOUT": str(a.timeout)}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "DOCQA_MAX_FILE_MB": str(a.max_file_mb),
+            "DOCQA_FILE_MEMORY_MB": str(a.memory_mb),
+            "DOCQA_FILE_TIMEOUT": str(a.timeout),
+        }
         cmd = [sys.executable, "-m", "docqa", "ingest", str(docs), "--index", str(Path(tmp) / "kb"), "--json"]
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
@@ -72,10 +77,14 @@ def main() -> None:
         wall = time.perf_counter() - t
     report = json.loads(out)
     print(f"hostile-folder ingest on {machine()}")
-    print(f"  {len(cases)} entries built in {build_s:.1f}s; ingest exit code {proc.returncode}, wall {wall:.1f}s "
-          f"(model load included)")
-    print(f"  peak RSS: process tree {peak_total >> 20} MB, ingest process {peak_main >> 20} MB, "
-          f"sandbox worker {peak_worker >> 20} MB (cap {a.memory_mb} MB address space); {len(workers)} worker PIDs seen")
+    print(
+        f"  {len(cases)} entries built in {build_s:.1f}s; ingest exit code {proc.returncode}, wall {wall:.1f}s "
+        f"(model load included)"
+    )
+    print(
+        f"  peak RSS: process tree {peak_total >> 20} MB, ingest process {peak_main >> 20} MB, "
+        f"sandbox worker {peak_worker >> 20} MB (cap {a.memory_mb} MB address space); {len(workers)} worker PIDs seen"
+    )
     print(f"  added {report['added']}, failed {len(report['failed'])}, skipped {len(report['skipped'])}")
     for f in report["failed"]:
         print(f"    failed  {Path(f['path']).name:18} {f['reason']}")

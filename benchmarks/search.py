@@ -38,21 +38,35 @@ from docqa.store import DocumentInfo, KnowledgeBase  # noqa: E402
 
 SAMPLE = ROOT / "corpora" / "sample"
 QUESTIONS = [
-    "How do I sort a list in reverse order?", "How do I send log messages to a file?",
-    "What does the key function do when sorting?", "How can I change the logging level?",
-    "How do I make a stable sort by two fields?", "Where do log records go by default?",
-    "What is a handler in logging?", "How do I sort strings case-insensitively?",
-    "grep 怎么不区分大小写？", "tar 怎么解压到指定目录？", "怎么只显示不匹配的行？", "如何压缩一个目录？",
-    "grep 的 -w 选项是什么意思？", "怎么列出归档里的文件？", "怎么递归搜索目录？", "怎么显示匹配行的行号？",
-]  # fmt: skip
+    "How do I sort a list in reverse order?",
+    "How do I send log messages to a file?",
+    "What does the key function do when sorting?",
+    "How can I change the logging level?",
+    "How do I make a stable sort by two fields?",
+    "Where do log records go by default?",
+    "What is a handler in logging?",
+    "How do I sort strings case-insensitively?",
+    "grep 怎么不区分大小写？",
+    "tar 怎么解压到指定目录？",
+    "怎么只显示不匹配的行？",
+    "如何压缩一个目录？",
+    "grep 的 -w 选项是什么意思？",
+    "怎么列出归档里的文件？",
+    "怎么递归搜索目录？",
+    "怎么显示匹配行的行号？",
+]
 
 
 def sentences() -> tuple[list[str], list[str]]:
     from docqa.load import load_file
 
     en, zh = [], []
-    for name, out in (("python-sorting-howto.txt", en), ("python-logging-howto.md", en),
-                      ("grep.zh-cn.txt", zh), ("tar.zh-cn.gb18030.txt", zh)):  # fmt: skip
+    for name, out in (
+        ("python-sorting-howto.txt", en),
+        ("python-logging-howto.md", en),
+        ("grep.zh-cn.txt", zh),
+        ("tar.zh-cn.gb18030.txt", zh),
+    ):
         text = load_file(SAMPLE / name).text
         out.extend(s.strip() for s in re.split(r"(?<=[.!?。！？])\s*|\n{2,}", text) if len(s.strip()) > 10)
     return en, zh
@@ -127,11 +141,15 @@ def main() -> None:
     for n in sizes:
         res = bench(n, embedder)
         rows.append((n, res))
-        print(f"  {n:>7} chunks: " + "  ".join(f"{m} p50 {p50:.1f} ms p95 {p95:.1f} ms" for m, (p50, p95) in res.items()),
-              flush=True)  # fmt: skip
+        print(
+            f"  {n:>7} chunks: " + "  ".join(f"{m} p50 {p50:.1f} ms p95 {p95:.1f} ms" for m, (p50, p95) in res.items()),
+            flush=True,
+        )
     print("\n| chunks | dense p50 / p95 (ms) | bm25 p50 / p95 (ms) | hybrid p50 / p95 (ms) |\n|---|---|---|---|")
     for n, res in rows:
-        print(f"| {n:,} | " + " | ".join(f"{res[m][0]:.1f} / {res[m][1]:.1f}" for m in ("dense", "bm25", "hybrid")) + " |")
+        print(
+            f"| {n:,} | " + " | ".join(f"{res[m][0]:.1f} / {res[m][1]:.1f}" for m in ("dense", "bm25", "hybrid")) + " |"
+        )
     print(f"\n`docqa --help` startup (median of 5): {cli_startup():.2f} s")
 
 

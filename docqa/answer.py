@@ -31,7 +31,7 @@ from .config import Settings
 from .documents import Answer, Hit
 from .generate.base import GenerationOptions, GenerationStats, Generator
 from .prompt import PromptPlan, build_prompt, passage_label
-from .text import detect_language
+from .text import CITATION, detect_language
 
 if TYPE_CHECKING:
     from .retrieve import Retriever
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 #: passages retrieved per question before the prompt budget picks how many fit
 CANDIDATES = 50
 
-_CITE = re.compile(r"(?<![A-Za-z0-9_])[\[【]\s*(\d{1,4}(?:\s*[,，、\-–]\s*\d{1,4})*)\s*[\]】]")
 
 ABSTAIN = {
     "zh": "知识库中没有找到与这个问题相关的内容，所以不作回答。可以换个问法，或加 --no-abstain 强制回答。",
@@ -55,7 +54,7 @@ def parse_citations(text: str, n_passages: int) -> tuple[list[int], list[int]]:
     ([1, 3, 2, 4], [9, 5])
     """
     seen: dict[int, None] = {}
-    for m in _CITE.finditer(text):
+    for m in CITATION.finditer(text):
         for part in re.split(r"\s*[,，、]\s*", m.group(1)):
             if "-" in part or "–" in part:
                 lo, hi = (int(x) for x in re.split(r"\s*[\-–]\s*", part))
@@ -113,8 +112,13 @@ def ask(
     k = settings.max_passages if settings.max_passages > 0 else CANDIDATES
     hits = retriever.search(query, k=k, mode=settings.mode)
     t_retrieval = time.perf_counter() - t0
-    answer = Answer(question=question, text="", passages=[], model=getattr(generator, "name", ""),
-                    rewritten_query=rewritten if rewritten and rewritten != question else None)  # fmt: skip
+    answer = Answer(
+        question=question,
+        text="",
+        passages=[],
+        model=getattr(generator, "name", ""),
+        rewritten_query=rewritten if rewritten and rewritten != question else None,
+    )
     if abstain and not retriever.is_relevant(query, hits):
         answer.text = ABSTAIN[detect_language(question)]
         answer.abstained = True

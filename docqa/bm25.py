@@ -2,13 +2,13 @@
 
 Worked example::
 
-    >>> conn = sqlite3.connect("kb/docqa.sqlite3"); conn.executescript(LexicalIndex.SCHEMA)
-    >>> idx = LexicalIndex(conn)
-    >>> with conn:                       # the caller owns the transaction, together with its chunk rows
+    >>> conn = sqlite3.connect("kb/docqa.sqlite3"); conn.executescript(LexicalIndex.SCHEMA)  # doctest: +SKIP
+    >>> idx = LexicalIndex(conn)  # doctest: +SKIP
+    >>> with conn:                       # the caller owns the transaction, together with its chunk rows  # doctest: +SKIP
     ...     idx.add([1, 2], ["dpkg -L lists the files of a package", "编辑 /etc/fstab 挂载分区"])
-    >>> idx.search("fstab", k=5)
+    >>> idx.search("fstab", k=5)  # doctest: +SKIP
     [(2, 0.69...)]
-    >>> idx.document_frequencies(["fstab", "挂载", "grub"])
+    >>> idx.document_frequencies(["fstab", "挂载", "grub"])  # doctest: +SKIP
     {'fstab': 1, '挂载': 1}
 
 Terms come from docqa/tokenize.py (`tokenize` for passages, `tokenize_query` for questions).
@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .tokenize import is_code_term, tokenize, tokenize_query
+from .tokenize import is_code_term, query_bigrams, tokenize, tokenize_query
 
 __all__ = ["LexicalIndex"]
 
@@ -185,11 +185,11 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
             return
         all_terms = np.concatenate([np.frombuffer(r[2], dtype="<i8") for r in rows])
         tids, counts = np.unique(all_terms, return_counts=True)
-        self.conn.executemany(
-            "UPDATE lex_terms SET df = df - ? WHERE id = ?", zip(counts.tolist(), tids.tolist())
-        )
+        self.conn.executemany("UPDATE lex_terms SET df = df - ? WHERE id = ?", zip(counts.tolist(), tids.tolist()))
         gone = [r[0] for r in rows]
-        self.conn.executemany("INSERT OR REPLACE INTO lex_dead(chunk_id, terms) VALUES (?, ?)", [(r[0], r[2]) for r in rows])
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO lex_dead(chunk_id, terms) VALUES (?, ?)", [(r[0], r[2]) for r in rows]
+        )
         for part in _chunks(gone):
             self.conn.execute(f"DELETE FROM lex_docs WHERE chunk_id IN ({_marks(len(part))})", tuple(part))
         self._bump_meta(-len(rows), -sum(r[1] for r in rows))
@@ -200,7 +200,7 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
     def document_frequencies(self, terms: Iterable[str]) -> dict[str, int]:
         """term -> number of live chunks containing it, for the given terms that some live chunk contains.
 
-            >>> idx.document_frequencies(["fstab", "zzz"])
+            >>> idx.document_frequencies(["fstab", "zzz"])  # doctest: +SKIP
             {'fstab': 1}
 
         Terms are matched exactly as stored (run them through `tokenize_query` first)."""
@@ -208,13 +208,22 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
         return {t: int(d) for t, d in self._select_in(sql, sorted(set(terms)))}
 
     def search(
-        self, query: str, k: int, k1: float = 1.2, b: float = 0.75, code_boost: float = 1.0
+        self,
+        query: str,
+        k: int,
+        k1: float = 1.2,
+        b: float = 0.75,
+        code_boost: float = 1.0,
+        bigram_weight: float = 1.0,
     ) -> list[tuple[int, float]]:
         """Top-`k` (chunk_id, BM25 score), best first; [] when no query term is indexed.
 
         `code_boost` multiplies the weight of code-like query terms (`-w`, `/etc/fstab`, `apt-get`): a user who
-        types an exact option or path means it more than the words around it. 1.0 is plain BM25."""
+        types an exact option or path means it more than the words around it. `bigram_weight` multiplies that of
+        the Chinese recall bigrams (character pairs jieba did not segment as a word: `tokenize.query_bigrams`),
+        which are weaker evidence than words. 1.0 and 1.0 is plain BM25."""
         terms = sorted(set(tokenize_query(query, bigrams=self.bigrams)))
+        weak = query_bigrams(query) if bigram_weight != 1.0 and self.bigrams else set()
         n_docs, total_len = self._meta()
         if k <= 0 or not terms or n_docs == 0:
             return []
@@ -224,6 +233,8 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
             idf[tid] = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
             if code_boost != 1.0 and is_code_term(term):
                 idf[tid] *= code_boost
+            if term in weak:
+                idf[tid] *= bigram_weight
         if not idf:
             return []
         cids, weights = [], []

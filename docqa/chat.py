@@ -53,7 +53,9 @@ _NAME = re.compile(r"^[\w\-][\w.\-]{0,63}$")
 
 # Words that refer back to something said before. Bare 这/那/其 and English "there"/"and" are too common in
 # standalone questions to count anywhere; they count at the start only.
-_ZH_ANAPHOR = re.compile(r"它|他们|她们|那个|那些|这个|这些|该|此|上述|前者|后者|^\s*(?:那|这|那么|还有|另外)|呢\s*[？?]?\s*$")
+_ZH_ANAPHOR = re.compile(
+    r"它|他们|她们|那个|那些|这个|这些|该|此|上述|前者|后者|^\s*(?:那|这|那么|还有|另外)|呢\s*[？?]?\s*$"
+)
 _EN_ANAPHOR = re.compile(
     r"\b(?:it|its|it's|this|that|these|those|they|them|their)\b|^\s*(?:and|what about|how about|also|then|same)\b",
     re.IGNORECASE,
@@ -106,8 +108,9 @@ _REWRITE = {
         "Follow-up question: {question}\nStandalone question:"
     ),
 }
-_REWRITE_PREFIX = re.compile(r"^\s*(?:独立问题|改写后的问题|问题|standalone question|rewritten question|question)\s*[:：]\s*",
-                             re.IGNORECASE)  # fmt: skip
+_REWRITE_PREFIX = re.compile(
+    r"^\s*(?:独立问题|改写后的问题|问题|standalone question|rewritten question|question)\s*[:：]\s*", re.IGNORECASE
+)
 
 
 def _clip(text: str, n: int) -> str:
@@ -135,8 +138,7 @@ def llm_rewrite(question: str, turns: list[tuple[str, str]], generator: Generato
     return text
 
 
-def rewrite_question(question: str, turns: list[tuple[str, str]], previous: str | None,
-                     generator: Generator) -> str:  # fmt: skip
+def rewrite_question(question: str, turns: list[tuple[str, str]], previous: str | None, generator: Generator) -> str:
     """The standalone question to retrieve with. `turns` are the earlier (question, answer) pairs and
     `previous` the previous turn's standalone question."""
     if not turns:
@@ -199,8 +201,13 @@ class Session:
         return cls(name=name, turns=turns, created=float(data.get("created", time.time())), directory=Path(directory))
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": SESSION_VERSION, "name": self.name, "created": self.created, "updated": time.time(),
-                "turns": [asdict(t) for t in self.turns]}  # fmt: skip
+        return {
+            "version": SESSION_VERSION,
+            "name": self.name,
+            "created": self.created,
+            "updated": time.time(),
+            "turns": [asdict(t) for t in self.turns],
+        }
 
     def save(self) -> Path | None:
         """Write the session atomically (temp file + rename); nothing for an unnamed session."""
@@ -220,8 +227,14 @@ class Session:
 class Chat:
     """One conversation over one knowledge base and one model."""
 
-    def __init__(self, retriever: Retriever, generator: Generator, settings: Settings,
-                 session: Session | None = None, abstain: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        settings: Settings,
+        session: Session | None = None,
+        abstain: bool = True,
+    ):
         self.retriever = retriever
         self.generator = generator
         self.settings = settings
@@ -238,25 +251,46 @@ class Chat:
         previous = turns[-1].standalone if turns else None
         return rewrite_question(question, self.history(), previous, self.generator)
 
-    def ask(self, question: str, on_text: Callable[[str], None] | None = None,
-            cancel: threading.Event | None = None, on_plan: Callable[[PromptPlan], None] | None = None,
-            on_rewrite: Callable[[str], None] | None = None) -> Answer:  # fmt: skip
+    def ask(
+        self,
+        question: str,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_plan: Callable[[PromptPlan], None] | None = None,
+        on_rewrite: Callable[[str], None] | None = None,
+    ) -> Answer:
         """Answer a (follow-up) question; the turn is recorded and the session saved unless interrupted."""
         question = question.strip()
         rewritten = self.standalone(question)
         if on_rewrite:
             on_rewrite(rewritten)
-        answer = ask_question(question, self.retriever, self.generator, self.settings, self.history(), on_text,
-                              rewritten, abstain=self.abstain, cancel=cancel, on_plan=on_plan)  # fmt: skip
+        answer = ask_question(
+            question,
+            self.retriever,
+            self.generator,
+            self.settings,
+            self.history(),
+            on_text,
+            rewritten,
+            abstain=self.abstain,
+            cancel=cancel,
+            on_plan=on_plan,
+        )
         self.last_answer = answer
         if cancel is None or not cancel.is_set():
             self.session.turns.append(
                 Turn(
-                    question=question, answer=answer.text, rewritten=answer.rewritten_query,
-                    citations=answer.citations, abstained=answer.abstained, at=time.time(),
-                    sources=[{"n": n, "source": h.source, "page": h.page, "section": h.section} for n, h in answer.sources],
+                    question=question,
+                    answer=answer.text,
+                    rewritten=answer.rewritten_query,
+                    citations=answer.citations,
+                    abstained=answer.abstained,
+                    at=time.time(),
+                    sources=[
+                        {"n": n, "source": h.source, "page": h.page, "section": h.section} for n, h in answer.sources
+                    ],
                 )
-            )  # fmt: skip
+            )
             self.session.save()
         return answer
 

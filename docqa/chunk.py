@@ -14,8 +14,13 @@ sentence (English and Chinese: 。！？；), clause (：，) and word boundarie
 
 Table-of-contents pages of PDFs are left out (see `is_table_of_contents`).
 
-Limits: tables and code blocks are split like prose; overlap is approximate (whole sentences, at most `overlap`
-tokens).
+Tables a loader marks (metadata["tables"] = [[start, end, header_end], ...], offsets into the text; DOCX and HTML
+do) are cut between rows only, never inside one, and every chunk of a table after the first starts with the
+table's header row (its text is then header + rows; `start`/`end` cover the rows). Spreadsheets, CSV and slide
+tables need none of this: each of their rows is one "header: value" line already.
+
+Limits: code blocks are split like prose; a single table row longer than the limit is split like prose (header
+first); overlap is approximate (whole sentences, at most `overlap` tokens) and not applied between table chunks.
 """
 
 from __future__ import annotations
@@ -26,11 +31,24 @@ from collections.abc import Callable
 from .documents import SECTION_SEP, Chunk, Document
 
 SEPARATORS = [
-    "\n\n", "\n",
-    "。", "！", "？", "；", ". ", "! ", "? ", "; ",
-    "：", "，", "、", ": ", ", ",
-    " ", "",
-]  # fmt: skip
+    "\n\n",
+    "\n",
+    "。",
+    "！",
+    "？",
+    "；",
+    ". ",
+    "! ",
+    "? ",
+    "; ",
+    "：",
+    "，",
+    "、",
+    ": ",
+    ", ",
+    " ",
+    "",
+]
 # A segment this short (a lone heading, a page number) is joined to the next one on the same page.
 _MIN_SEGMENT_CHARS = 40
 
@@ -126,33 +144,117 @@ def chunk_document(
         strip_whitespace=True,
     )
     chunks: list[Chunk] = []
-    for a, b in _segments(doc):
-        segment = doc.text[a:b]
-        if not segment.strip() or (doc.pages and is_table_of_contents(segment)):
+    tables = _tables(doc)
+    for a0, b0 in _segments(doc):
+        whole = doc.text[a0:b0]
+        if not whole.strip() or (doc.pages and is_table_of_contents(whole)):
             continue
-        section = SECTION_SEP.join(doc.section_at(a))
-        page = doc.page_at(a)
-        prev_start, prev_end = -1, 0
-        for text in splitter.split_text(segment):
-            rel = _locate(segment, text, prev_start, prev_end, overlap > 0)
-            prev_start, prev_end = rel, rel + len(text)
-            parts = [(0, text)]
-            n = count_tokens(text)
-            if n > limit:
-                parts = _hard_split(text, count_tokens, limit)
-            for off, part in parts:
-                if not part.strip():
-                    continue
-                start = a + rel + off
-                chunks.append(
-                    Chunk(
-                        text=part,
-                        start=start,
-                        end=start + len(part),
-                        ordinal=len(chunks),
-                        page=page,
-                        section=section,
-                        n_tokens=n if len(parts) == 1 else count_tokens(part),
+        section = SECTION_SEP.join(doc.section_at(a0))
+        page = doc.page_at(a0)
+        for a, b, table in _pieces(a0, b0, tables):
+            if table is not None:
+                for start, end, text in _table_chunks(doc.text, a, b, table, count_tokens, limit):
+                    chunks.append(
+                        Chunk(
+                            text=text,
+                            start=start,
+                            end=end,
+                            ordinal=len(chunks),
+                            page=page,
+                            section=section,
+                            n_tokens=count_tokens(text),
+                        )
                     )
-                )
+                continue
+            segment = doc.text[a:b]
+            if not segment.strip():
+                continue
+            prev_start, prev_end = -1, 0
+            for text in splitter.split_text(segment):
+                rel = _locate(segment, text, prev_start, prev_end, overlap > 0)
+                prev_start, prev_end = rel, rel + len(text)
+                parts = [(0, text)]
+                n = count_tokens(text)
+                if n > limit:
+                    parts = _hard_split(text, count_tokens, limit)
+                for off, part in parts:
+                    if not part.strip():
+                        continue
+                    start = a + rel + off
+                    chunks.append(
+                        Chunk(
+                            text=part,
+                            start=start,
+                            end=start + len(part),
+                            ordinal=len(chunks),
+                            page=page,
+                            section=section,
+                            n_tokens=n if len(parts) == 1 else count_tokens(part),
+                        )
+                    )
     return chunks
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _tables(doc: Document) -> list[tuple[int, int, int]]:
+    """(start, end, header_end) of each table the loader marked in metadata["tables"], sorted, non-overlapping."""
+    out: list[tuple[int, int, int]] = []
+    for t in doc.metadata.get("tables") or ():
+        try:
+            start, end, header_end = (int(x) for x in t)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= start < header_end <= end <= len(doc.text) and (not out or start >= out[-1][1]):
+            out.append((start, end, header_end))
+    return out
+
+
+def _pieces(a: int, b: int, tables: list[tuple[int, int, int]]) -> list[tuple[int, int, tuple[int, int, int] | None]]:
+    """[a, b) cut into prose pieces (None) and table pieces (the table they belong to)."""
+    out: list[tuple[int, int, tuple[int, int, int] | None]] = []
+    pos = a
+    for t in tables:
+        lo, hi = max(t[0], a), min(t[1], b)
+        if lo >= hi:
+            continue
+        if lo > pos:
+            out.append((pos, lo, None))
+        out.append((lo, hi, t))
+        pos = hi
+    if pos < b:
+        out.append((pos, b, None))
+    return out
+
+
+def _table_chunks(
+    text: str, a: int, b: int, table: tuple[int, int, int], count_tokens: Callable[[str], int], limit: int
+) -> list[tuple[int, int, str]]:
+    """Whole rows (lines) of a table, packed into chunks; every chunk that does not start with the header gets it
+    prepended (so its text is header + "\n" + its rows, while start/end span the rows only)."""
+    header = text[table[0] : table[2]].strip("\n")
+    rows: list[tuple[int, int]] = []
+    pos = a
+    for line in text[a:b].split("\n"):
+        if line.strip():
+            rows.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    out: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(rows):
+        start = rows[i][0]
+        prefix = "" if start <= table[0] else header + "\n"
+        j = i + 1
+        while j < len(rows) and count_tokens(prefix + text[start : rows[j][1]]) <= limit:
+            j += 1
+        body = text[start : rows[j - 1][1]]
+        if count_tokens(prefix + body) > limit:  # one row alone is too long: split it, header first
+            for off, part in _hard_split(prefix + body, count_tokens, limit):
+                out.append(
+                    (start + max(0, off - len(prefix)), start + min(len(body), off - len(prefix) + len(part)), part)
+                )
+        else:
+            out.append((start, rows[j - 1][1], prefix + body))
+        i = j
+    return out

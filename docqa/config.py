@@ -47,6 +47,11 @@ LLM_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "flo
 LLM_QUANTIZE = ("auto", "none", "int8", "int4")
 #: `llm_device` (--device); "cuda:N" picks one GPU
 LLM_DEVICES = ("auto", "cpu", "cuda")
+#: `model_family`: which ChatGLM member a checkpoint folder holds; auto = decided from its config files
+#: (chatglm = ChatGLM-6B v1, chatglm2 = ChatGLM2-6B, chatglm3 = ChatGLM3-6B); set it when a folder is ambiguous
+MODEL_FAMILIES = ("auto", "chatglm", "chatglm2", "chatglm3")
+#: `ocr` (--ocr): auto = OCR only pages with no or garbage text (and image files); always; never
+OCR_MODES = ("auto", "always", "never")
 #: `model_hub`: where a hub id such as THUDM/chatglm2-6b is downloaded from (ZhipuAI/... always uses ModelScope)
 MODEL_HUBS = ("huggingface", "modelscope")
 
@@ -61,6 +66,7 @@ class Settings:
     file_timeout: float = 120.0  # seconds one file may take to parse
     file_memory_mb: int = 2048  # address-space cap of the parsing worker
     max_file_mb: int = 100  # larger files are skipped with a reason (a 200 MB log would be ~1M chunks)
+    ocr: str = "auto"  # OCR_MODES: auto = only pages/images without a usable text layer
     # chunking (in embedding-model tokens; capped at the model's max sequence length)
     chunk_tokens: int = 200
     chunk_overlap: int = 40
@@ -88,6 +94,7 @@ class Settings:
     llm_quantize: str = "auto"  # LLM_QUANTIZE
     chatglm2_path: str = ""  # the local ChatGLM2-6B folder `llm = "auto"` / "chatglm2" uses; "" = search hf_cache
     model_hub: str = "huggingface"  # MODEL_HUBS
+    model_family: str = "auto"  # MODEL_FAMILIES: overrides the ChatGLM member a folder is detected as
     offline: bool = False  # never download models (fallback: HF_HUB_OFFLINE)
     hf_cache: Path = Path.home() / ".cache/huggingface/hub"  # fallback: HF_HUB_CACHE, else $HF_HOME/hub
     cache: Path = Path.home() / ".cache/docqa"  # docqa's own caches (demo model, jieba); fallback: XDG_CACHE_HOME
@@ -165,6 +172,8 @@ def _validate(s: Settings) -> None:
     _one_of("llm_dtype", s.llm_dtype, LLM_DTYPES, tuple(LLM_DTYPE_ALIASES))
     _one_of("llm_quantize", s.llm_quantize, LLM_QUANTIZE)
     _one_of("model_hub", s.model_hub, MODEL_HUBS)
+    _one_of("ocr", s.ocr, OCR_MODES)
+    _one_of("model_family", s.model_family, MODEL_FAMILIES)
     if not valid_device(s.llm_device):
         raise ConfigError(f"llm_device must be one of {', '.join(LLM_DEVICES)} or cuda:N, got {s.llm_device!r}")
     if s.chunk_tokens < 16:
@@ -208,6 +217,10 @@ def load_settings(**flags: Any) -> Settings:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from None
         s = _apply(s, data, str(path))
-    env = {f.name: os.environ[f"DOCQA_{f.name.upper()}"] for f in fields(Settings) if f"DOCQA_{f.name.upper()}" in os.environ}
+    env = {
+        f.name: os.environ[f"DOCQA_{f.name.upper()}"]
+        for f in fields(Settings)
+        if f"DOCQA_{f.name.upper()}" in os.environ
+    }
     s = _apply(s, env, "environment")
     return s.replace(**flags)

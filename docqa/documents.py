@@ -192,7 +192,11 @@ class Answer:
             "invalid_citations": self.invalid_citations,
             "sources": [{"n": n, **h.to_json()} for n, h in self.sources],
             "passages": [
-                {"n": i + 1, "tokens": (self.passage_tokens[i] if i < len(self.passage_tokens) else None), **h.to_json()}
+                {
+                    "n": i + 1,
+                    "tokens": (self.passage_tokens[i] if i < len(self.passage_tokens) else None),
+                    **h.to_json(),
+                }
                 for i, h in enumerate(self.passages)
             ],
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

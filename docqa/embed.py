@@ -98,8 +98,13 @@ class SentenceTransformerEmbedder(Embedder):
     machine with all-MiniLM-L6-v2, 2.3x the throughput (40 -> 91 chunks/s on 2 cores), cosine to the fp32 vectors
     >= 0.9999 and the same rankings. Elsewhere (and with "fp32") it computes in float32."""
 
-    def __init__(self, name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto",
-                 languages: str | None = None):
+    def __init__(
+        self,
+        name: str = EMBEDDED_EMBED_MODEL,
+        device: str = "cpu",
+        precision: str = "auto",
+        languages: str | None = None,
+    ):
         from transformers import AutoTokenizer
 
         if precision not in EMBED_PRECISIONS:
@@ -152,7 +157,9 @@ class SentenceTransformerEmbedder(Embedder):
             except Exception as e:
                 raise ModelError(f"cannot load embedding model {self.name!r}: {e}") from None
             self.max_tokens = int(self._model.max_seq_length)
-            get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+            get_dim = (
+                getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+            )
             self.dim = int(get_dim())
         return self._model
 
@@ -183,15 +190,19 @@ class SentenceTransformerEmbedder(Embedder):
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with ctx:
             vecs = self.model.encode(
-                list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
                 show_progress_bar=False,
-            )  # fmt: skip
+            )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=4)
-def get_embedder(name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto",
-                 languages: str | None = None) -> Embedder:
+def get_embedder(
+    name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto", languages: str | None = None
+) -> Embedder:
     """The embedder for `name` (cached per process: loading takes seconds); `languages` is the embed_languages
     setting (None: read it from the configuration)."""
     if not name:

@@ -44,3 +44,34 @@ class PromptTooLongError(DocQAError):
 class WorkerGone(Exception):
     """The loader sandbox's worker closed its pipe (it died). Internal to docqa/load/sandbox.py, which turns it
     into a LoadError with the reason; deliberately not a DocQAError so it can never reach the user unexplained."""
+
+
+# -- conditions of the HTTP server (docqa/server/errors.py gives each its status)
+
+
+class BadRequest(DocQAError):
+    """The request is malformed (a missing field, an unknown option)."""
+
+
+class NotFound(DocQAError):
+    """No such knowledge base, document, job, conversation or model."""
+
+
+class Conflict(DocQAError):
+    """The request conflicts with the current state (a knowledge base that exists already)."""
+
+
+class TooLarge(DocQAError):
+    """An upload exceeds the size limit."""
+
+
+class Unauthorized(DocQAError):
+    """No API key, or a wrong one."""
+
+
+class Forbidden(DocQAError):
+    """The key lacks the scope, or the Origin/Host of a request is not allowed."""
+
+
+class JobCancelled(Exception):  # noqa: N818 - a signal between the job runner's loops, never shown to anyone
+    """An ingest job was cancelled (DELETE /api/v1/jobs/{id}); it stops at the next file boundary."""

@@ -105,10 +105,10 @@ def _parse_line(p: Path, n: int, line: str) -> QAItem:
         raise DocQAError(f"{where}: give 'keywords' and/or 'source' to judge the answer by")
     lang = obj.get("lang")
     if lang is not None and lang not in ("zh", "en"):
-        raise DocQAError(f"{where}: 'lang' must be \"zh\" or \"en\"")
+        raise DocQAError(f'{where}: \'lang\' must be "zh" or "en"')
     split = obj.get("split")
     if split is not None and (not isinstance(split, str) or not split.strip()):
-        raise DocQAError(f"{where}: 'split' must be a name such as \"tune\" or \"report\"")
+        raise DocQAError(f'{where}: \'split\' must be a name such as "tune" or "report"')
     return QAItem(q.strip(), list(kw), source, page, lang, n, split)
 
 
@@ -164,11 +164,15 @@ class EvalReport:
             "n": len(self.items),
             "modes": self.modes,
             "questions": [
-                {"line": it.line, "question": it.question, "lang": item_language(it),
-                 "rank": {m: r[i] for m, r in self.ranks.items()}}
+                {
+                    "line": it.line,
+                    "question": it.question,
+                    "lang": item_language(it),
+                    "rank": {m: r[i] for m, r in self.ranks.items()},
+                }
                 for i, it in enumerate(self.items)
             ],
-        }  # fmt: skip
+        }
 
 
 def item_language(item: QAItem) -> str:
@@ -252,7 +256,8 @@ def markdown_table(report: EvalReport) -> str:
         for group in report.groups(mode):
             m = res[group]
             lines.append(
-                f"| {mode} | {group} ({m['n']}) | " + " | ".join(f"{m[c]:.3f}" for c in cols)
+                f"| {mode} | {group} ({m['n']}) | "
+                + " | ".join(f"{m[c]:.3f}" for c in cols)
                 + f" | {res['latency_ms']:.1f} |"
-            )  # fmt: skip
+            )
     return "\n".join(lines)

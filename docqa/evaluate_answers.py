@@ -169,9 +169,9 @@ def answerer_settings(settings, spec: str):
 def run_answer_eval(path, settings, llms: str | Sequence[str] = ("auto",), progress=None) -> AnswerReport:
     """Load the QA file, open the knowledge base once, and evaluate each answerer named in `llms` (comma-separated
     or a list; see `answerer_settings`), loading one model at a time."""
-    from .generate import get_generator
     from .errors import ConfigError
     from .evaluate import load_qa
+    from .generate import get_generator
     from .retrieve import open_retriever
 
     specs = [x.strip() for x in (llms.split(",") if isinstance(llms, str) else llms) if x.strip()]

@@ -1,4 +1,4 @@
-"""The pure ranking rules behind docqa/retrieve.py: fusion weights, weighted RRF, feedback re-ordering, near-duplicates.
+"""The pure ranking rules behind docqa/retrieve.py: fusion weights, weighted RRF, merging, near-duplicates.
 
     >>> rrf_fuse([[7, 3], [3, 9]], weights=(1.0, 2.0), k=60)          # dense ids, BM25 ids, best first
     {7: 0.01639..., 3: 0.04891..., 9: 0.03225...}
@@ -21,16 +21,17 @@ wb / (k + bm25_rank). Plain RRF trusts both lists equally, which hurts when one 
 
 The configured `dense_weight` / `bm25_weight` multiply these.
 
-**Feedback** (`feedback_order`: pseudo-relevance feedback through the passage vectors), for a question in a
-language the embedder does not cover: the English-only model cannot compare a Chinese question with a Chinese
-passage, but it can compare two Chinese passages (shared characters, commands, paths), so the first
-`FEEDBACK_DEPTH` (10) fused passages are re-ordered by  bm25 / best bm25 + `FEEDBACK_WEIGHT` (0.5) *
-cosine(passage, centroid), where the centroid is the mean of the top `FEEDBACK_SEEDS` (3) BM25 passages' stored
-vectors weighted 1/rank. Passages that agree with the strongest BM25 matches rise; lone matches on a generic word
-sink. Only the top ten are re-ordered, so hit@10 cannot drop. Tried and dropped (they lowered hit@5 on both
-evaluation sets): fusing a third RRF list from a dense search with the centroid (Chinese and English),
-Rocchio-expanding the English query vector, a dense search on the Latin part of a Chinese question ("grep -w"),
-a words-only BM25 list, other `rrf_k` values and score-based fusion.
+Tried and dropped earlier (they lowered hit@5 on both evaluation sets): fusing a third RRF list from a dense
+search with a pseudo-relevance centroid (Chinese and English), Rocchio-expanding the English query vector, a dense
+search on the Latin part of a Chinese question ("grep -w"), a words-only BM25 list, other `rrf_k` values and
+score-based fusion. The pseudo-relevance re-ordering of the Chinese head (`feedback_order`) was dropped in round 2
+(docqa/retrieve.py's docstring has the figures of that round).
+
+**Merging** (`merge_target`): fragments of one place in a document crowd the top k (one held-out top 5 came
+from pages 171, 172, 172, 171, 175), so a candidate of the same document within `MERGE_SPAN` (2) ordinals of a
+chunk of a hit already taken, or of the same section and page as that hit's best chunk, joins that hit, as long
+as the hit then spans at most `MERGE_MAX_CHUNKS` (5) consecutive chunks; the retriever shows the merged span as
+one passage.
 
 **Hygiene**: a passage is dropped when it mostly repeats one already taken: overlapping chunks of one document
 (`mostly_overlaps`: over half of the new chunk's span), or near-identical text from another file
@@ -38,27 +39,37 @@ a words-only BM25 list, other `rrf_k` values and score-based fusion.
 passage).
 
 Limits: the confidence scaling was calibrated for all-MiniLM-L6-v2 and docqa/bm25.py's BM25 on the sample corpus.
-Everything here is pure: no knowledge base, no model (`feedback_order` reads vectors through the lookup it is
-given).
+Everything here is pure: no knowledge base, no model.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol, TypeVar
-
-import numpy as np
 
 from .config import Settings
 from .text import detect_language
 
 __all__ = [
-    "BM25_RATIO_REF", "CONFIDENCE_POOL", "DENSE_GAP_REF", "DUPLICATE_CONTAINMENT", "FEEDBACK_DEPTH",
-    "FEEDBACK_SEEDS", "FEEDBACK_WEIGHT", "UNCOVERED_DENSE", "WEIGHT_CLIP", "bm25_confidence", "dense_confidence",
-    "feedback_order", "fusion_weights", "is_near_duplicate", "mostly_overlaps", "rrf_fuse", "shingles",
-]  # fmt: skip
+    "BM25_RATIO_REF",
+    "CONFIDENCE_POOL",
+    "DENSE_GAP_REF",
+    "DUPLICATE_CONTAINMENT",
+    "MERGE_MAX_CHUNKS",
+    "MERGE_SPAN",
+    "UNCOVERED_DENSE",
+    "WEIGHT_CLIP",
+    "bm25_confidence",
+    "dense_confidence",
+    "fusion_weights",
+    "is_near_duplicate",
+    "merge_target",
+    "mostly_overlaps",
+    "rrf_fuse",
+    "shingles",
+]
 
 #: dense weight multiplier for a question in a language the embedder does not cover
 UNCOVERED_DENSE = 0.0
@@ -67,10 +78,10 @@ CONFIDENCE_POOL = 40
 DENSE_GAP_REF = 0.2
 BM25_RATIO_REF = 2.0
 WEIGHT_CLIP = (0.2, 3.0)
-#: feedback re-ordering for uncovered languages (module docstring); FEEDBACK_WEIGHT = 0 turns it off
-FEEDBACK_SEEDS = 3
-FEEDBACK_WEIGHT = 0.5
-FEEDBACK_DEPTH = 10
+#: adjacent-fragment merging (`merge_target`): ordinals within MERGE_SPAN of a taken fragment join it, and one
+#: merged passage spans at most MERGE_MAX_CHUNKS consecutive chunks
+MERGE_SPAN = 2
+MERGE_MAX_CHUNKS = 5
 #: near-duplicate rule: share of a passage's character 5-grams already in one taken passage
 DUPLICATE_CONTAINMENT = 0.8
 _SHINGLE = 5
@@ -90,8 +101,8 @@ def _clip(x: float) -> float:
 def dense_confidence(scores: Sequence[float]) -> float:
     """How far the best cosine stands above the pool's median, in units of DENSE_GAP_REF (clipped).
 
-        >>> dense_confidence([0.8, 0.4, 0.39]), dense_confidence([0.5])      # a single score says nothing
-        (2.0, 1.0)
+    >>> dense_confidence([0.8, 0.4, 0.39]), dense_confidence([0.5])      # a single score says nothing
+    (2.0, 1.0)
     """
     pool = list(scores[:CONFIDENCE_POOL])
     if len(pool) < 2:
@@ -102,8 +113,8 @@ def dense_confidence(scores: Sequence[float]) -> float:
 def bm25_confidence(scores: Sequence[float]) -> float:
     """How many times the best BM25 score exceeds the pool's median, minus one, in units of BM25_RATIO_REF.
 
-        >>> bm25_confidence([20.0, 5.0, 4.0]), bm25_confidence([5.0, 4.9, 4.8])
-        (1.5, 0.2)
+    >>> bm25_confidence([20.0, 5.0, 4.0]), bm25_confidence([5.0, 4.9, 4.8])
+    (1.5, 0.2)
     """
     pool = list(scores[:CONFIDENCE_POOL])
     if len(pool) < 2:
@@ -157,43 +168,6 @@ def rrf_fuse(lists: Sequence[Sequence[Id]], weights: Sequence[float], k: int) ->
     return fused
 
 
-# -- feedback ------------------------------------------------------------------------------------------------------
-
-
-def feedback_order(
-    head: Sequence[tuple[Id, float]],
-    bm25_list: Sequence[tuple[Id, float]],
-    vectors: Callable[[list[Id]], Mapping[Id, np.ndarray]],
-) -> list[tuple[Id, float]] | None:
-    """The feedback re-ordering of `head` (module docstring), or None to keep the order as it is.
-
-        >>> on, off = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-        >>> vecs = {1: on, 2: on, 3: on, 4: off, 5: on}
-        >>> bm25 = [(1, 10.0), (2, 9.0), (3, 8.0), (4, 7.9), (5, 7.8)]
-        >>> [cid for cid, _ in feedback_order(bm25, bm25, lambda ids: vecs)]
-        [1, 2, 3, 5, 4]
-
-    `head` is the (chunk id, BM25 score) of the first fused passages, every one a BM25 match, in fused order;
-    `bm25_list` the whole BM25 list, best first (its top FEEDBACK_SEEDS are the seeds); `vectors(ids)` returns
-    unit vectors by id (ids it lacks are left out). Returns (chunk id, cosine to the centroid) in the new order:
-    by bm25 / best bm25 + FEEDBACK_WEIGHT x cosine, ties kept in `head`'s order. None when FEEDBACK_WEIGHT is 0,
-    when fewer than two passages or no positive BM25 score are given, or when a passage's vector is missing."""
-    if FEEDBACK_WEIGHT <= 0 or len(head) < 2 or not bm25_list or bm25_list[0][1] <= 0:
-        return None
-    seeds = [cid for cid, _ in bm25_list[:FEEDBACK_SEEDS]]
-    ids = [cid for cid, _ in head]
-    vecs = vectors(list(dict.fromkeys(seeds + ids)))
-    found = [i for i, cid in enumerate(seeds) if cid in vecs]
-    if not found or any(cid not in vecs for cid in ids):
-        return None
-    centroid = sum(vecs[seeds[i]] / (i + 1) for i in found)
-    centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
-    best = bm25_list[0][1]
-    scored = [(cid, bm25, float(vecs[cid] @ centroid)) for cid, bm25 in head]
-    scored.sort(key=lambda t: -(t[1] / best + FEEDBACK_WEIGHT * t[2]))  # stable: ties keep the head's order
-    return [(cid, cos) for cid, _, cos in scored]
-
-
 # -- near-duplicates -----------------------------------------------------------------------------------------------
 
 
@@ -219,8 +193,8 @@ def mostly_overlaps(row: Span, taken: Sequence[Span]) -> bool:
 def shingles(text: str) -> set[str]:
     """The character 5-grams of `text` case-folded, without punctuation and spaces (a shorter text: itself).
 
-        >>> sorted(shingles("A-b c, D e!"))
-        ['abcde']
+    >>> sorted(shingles("A-b c, D e!"))
+    ['abcde']
     """
     s = _NON_WORD.sub("", text.casefold())
     return {s[i : i + _SHINGLE] for i in range(max(len(s) - _SHINGLE + 1, 1))}
@@ -231,3 +205,45 @@ def is_near_duplicate(text_shingles: set[str], taken: Sequence[set[str]]) -> boo
 
     Containment, not similarity: a short paragraph repeated inside a longer chunk counts as a repeat."""
     return any(len(text_shingles & t) >= DUPLICATE_CONTAINMENT * len(text_shingles) for t in taken)
+
+
+# -- merging adjacent fragments ------------------------------------------------------------------------------------
+
+
+class Placed(Protocol):
+    """What `merge_target` needs of a chunk (docqa.store's ChunkRow has it)."""
+
+    document_id: int
+    ordinal: int
+    page: int | None
+    section: str
+
+
+def merge_target(row: Placed, groups: Sequence[Sequence[Placed]]) -> int | None:
+    """The index of the first taken group that `row` joins, or None when it starts a hit of its own.
+
+        >>> from types import SimpleNamespace as C
+        >>> taken = [[C(document_id=1, ordinal=10, page=3, section="A")]]
+        >>> merge_target(C(document_id=1, ordinal=12, page=4, section="B"), taken)       # 2 chunks away
+        0
+        >>> merge_target(C(document_id=2, ordinal=11, page=3, section="A"), taken) is None  # another document
+        True
+
+    Each group is the chunks of one hit, first the one that earned it. `row` joins a group of its document when its
+    ordinal is within MERGE_SPAN of a member's, or when it shares the group's first chunk's (non-empty) section
+    and (known) page, provided the group then still spans at most MERGE_MAX_CHUNKS consecutive ordinals (a row
+    inside the span always joins)."""
+    for i, g in enumerate(groups):
+        if not g or g[0].document_id != row.document_id:
+            continue
+        ords = [r.ordinal for r in g]
+        lo, hi = min(ords), max(ords)
+        near = any(abs(o - row.ordinal) <= MERGE_SPAN for o in ords)
+        same_place = (
+            bool(row.section) and row.section == g[0].section and row.page is not None and row.page == g[0].page
+        )
+        if not (near or same_place):
+            continue
+        if lo <= row.ordinal <= hi or max(hi, row.ordinal) - min(lo, row.ordinal) + 1 <= MERGE_MAX_CHUNKS:
+            return i
+    return None

@@ -52,12 +52,18 @@ class IngestReport:
 
     def to_json(self) -> dict:
         return {
-            "added": self.added, "updated": self.updated, "unchanged": self.unchanged, "removed": self.removed,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-            "chunks": self.chunks, "pages": self.pages, "seconds": round(self.seconds, 3),
-            "embed_seconds": round(self.embed_seconds, 3), "commits": self.commits,
-        }  # fmt: skip
+            "chunks": self.chunks,
+            "pages": self.pages,
+            "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
+            "commits": self.commits,
+        }
 
 
 @dataclass
@@ -75,9 +81,12 @@ def _is_hidden(name: str) -> bool:
 
 
 def _walk_folder(
-    folder: Path, include_hidden: bool, follow_symlinks: bool,
-    files: list[tuple[Path, str]], skipped: list[tuple[str, str]],
-) -> None:  # fmt: skip
+    folder: Path,
+    include_hidden: bool,
+    follow_symlinks: bool,
+    files: list[tuple[Path, str]],
+    skipped: list[tuple[str, str]],
+) -> None:
     """Append the supported regular files under `folder` to `files` and what was passed over to `skipped`."""
     root = str(folder)
     real_root = os.path.realpath(folder)
@@ -187,7 +196,10 @@ class _Prefetcher:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._sandbox = LoaderSandbox(
-            timeout=settings.file_timeout, memory_mb=settings.file_memory_mb, max_file_mb=settings.max_file_mb
+            timeout=settings.file_timeout,
+            memory_mb=settings.file_memory_mb,
+            max_file_mb=settings.max_file_mb,
+            ocr=settings.ocr,
         )
         self._thread = threading.Thread(target=self._run, args=(candidates,), daemon=True)
         self._thread.start()
@@ -233,23 +245,26 @@ def ingest(
     files, report.skipped, roots = collect_files(paths, settings.include_hidden, settings.follow_symlinks)
 
     def load_embedder() -> Embedder:
-        return get_embedder(settings.embed_model, settings.embed_device, settings.embed_precision,
-                            settings.embed_languages)
+        return get_embedder(
+            settings.embed_model, settings.embed_device, settings.embed_precision, settings.embed_languages
+        )
 
     # An existing knowledge base knows its dimension: the model (and torch) load only when a file needs embedding,
     # so a re-run over unchanged files takes a fraction of a second.
     if embedder is None and not (Path(settings.index) / MANIFEST_NAME).exists():
         embedder = load_embedder()
     with KnowledgeBase.open(
-        settings.index, create=True, writable=True, embed_model=settings.embed_model,
+        settings.index,
+        create=True,
+        writable=True,
+        embed_model=settings.embed_model,
         dim=embedder.dim if embedder is not None else None,
-    ) as kb:  # fmt: skip
+    ) as kb:
         todo, touch = _plan(kb, files, report)
         seen = {str(f) for f, _ in files}
         gone = [
-            d.path for d in kb.documents()
-            if d.path not in seen and any(d.path.startswith(r + os.sep) for r in roots)
-        ]  # fmt: skip
+            d.path for d in kb.documents() if d.path not in seen and any(d.path.startswith(r + os.sep) for r in roots)
+        ]
         emit("plan", files=len(files), to_load=len(todo), unchanged=report.unchanged, removed=len(gone))
         if touch or gone:
             with kb.batch() as b:

@@ -179,7 +179,7 @@ def _fit_newest(sizes: Sequence[int], cap: int) -> int:
 def _fit_first(sizes: Sequence[int], room: int) -> int:
     """How many of the first `sizes` fit in `room` (passages: best first, whole, stop at the first that does not).
 
-    >>> _fit_first([4, 4, 1], 9), _fit_first([10, 1], 9)
+    >>> _fit_first([4, 4, 2], 9), _fit_first([10, 1], 9)
     (2, 0)
     """
     n = 0

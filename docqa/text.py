@@ -30,9 +30,18 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "CJK", "CJK_PUNCT", "EN_FILLER_WORDS", "EN_STOP_WORDS", "FULLWIDTH", "HAN", "KANA", "ZH_FILLER_WORDS",
-    "ZH_STOP_WORDS", "detect_language",
-]  # fmt: skip
+    "CITATION",
+    "CJK",
+    "CJK_PUNCT",
+    "EN_FILLER_WORDS",
+    "EN_STOP_WORDS",
+    "FULLWIDTH",
+    "HAN",
+    "KANA",
+    "ZH_FILLER_WORDS",
+    "ZH_STOP_WORDS",
+    "detect_language",
+]
 
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 KANA = "\u3040-\u30ff"
@@ -55,6 +64,9 @@ ZH_STOP_WORDS = frozenset(
 )
 EN_FILLER_WORDS = frozenset("also else instead one ones please tell know use used using way ways get".split())
 ZH_FILLER_WORDS = frozenset("应该 需要 要 用 使用 有 会 能 在哪 哪儿 多少 几 哪 谁".split())
+
+#: a citation marker as answers write them: [1], [1,2], [2-4], 【1】, 【1，2】 (not array[1]: a word character before)
+CITATION = re.compile(r"(?<![A-Za-z0-9_])[\[【]\s*(\d{1,4}(?:\s*[,，、\-–]\s*\d{1,4})*)\s*[\]】]")
 
 _HAN_CHAR = re.compile(f"[{HAN}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")

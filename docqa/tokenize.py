@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .text import CJK, EN_STOP_WORDS, ZH_STOP_WORDS
 
-__all__ = ["is_code_term", "segmenter_name", "tokenize", "tokenize_query"]
+__all__ = ["is_code_term", "query_bigrams", "segmenter_name", "tokenize", "tokenize_query"]
 
 _CJK_RUN = re.compile(f"[{CJK}]+")
 _WORD = f"[^\\W{CJK}]"  # a word character that is not CJK
@@ -166,3 +166,19 @@ def tokenize(text: str, *, bigrams: bool = True) -> list[str]:
 def tokenize_query(text: str, *, bigrams: bool = True) -> list[str]:
     """Terms of a question; identical to `tokenize` so that questions and passages always agree."""
     return tokenize(text, bigrams=bigrams)
+
+
+def query_bigrams(text: str) -> set[str]:
+    """The terms of `tokenize_query(text)` that are only recall bigrams: character pairs that jieba did not emit
+    as a word anywhere in the text (BM25 may weigh them less than words).
+
+        >>> sorted(query_bigrams("如何查看日志"))      # jieba: 如何 查看 日志
+        ['何查', '看日']
+    """
+    text = unicodedata.normalize("NFKC", text)
+    words: list[str] = []
+    pairs: list[str] = []
+    for m in _CJK_RUN.finditer(text):
+        _cjk_run(m.group(), words, bigrams=False)
+        _cjk_run(m.group(), pairs, bigrams=True)
+    return set(pairs) - set(words)

@@ -52,8 +52,10 @@ def _assert_matches_reference(idx: LexicalIndex, docs: dict[int, str], query: st
     assert scores == sorted(scores, reverse=True)
 
 
-WORDS = ("install package kernel module network interface mount filesystem fstab apt dpkg boot grub "
-         "user group permission file directory log service systemd config editor shell bash").split()
+WORDS = (
+    "install package kernel module network interface mount filesystem fstab apt dpkg boot grub "
+    "user group permission file directory log service systemd config editor shell bash"
+).split()
 ZH = "安装 软件包 内核 模块 网络 接口 挂载 文件系统 用户 权限 目录 日志 服务 配置 编辑器".split()
 
 
@@ -95,7 +97,9 @@ def test_exact_bm25_against_bm25s(tmp_path) -> None:
     vocab = sorted({t for d in corpus for t in d})
     tid = {t: i for i, t in enumerate(vocab)}
     retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
-    retriever.index(bm25s.tokenization.Tokenized(ids=[[tid[t] for t in d] for d in corpus], vocab=tid), show_progress=False)
+    retriever.index(
+        bm25s.tokenization.Tokenized(ids=[[tid[t] for t in d] for d in corpus], vocab=tid), show_progress=False
+    )
     for q in ["install package", "kernel module mount", "用户权限"]:
         qids = [tid[t] for t in set(tokenize_query(q)) if t in tid]
         ref = retriever.get_scores(qids)
@@ -283,3 +287,29 @@ def test_code_boost_weights_exact_technical_terms(tmp_path):
     assert plain[0][0] == 1  # two common words outweigh one rare option...
     assert boosted[0][0] == 2  # ...unless the exact option counts for more
     assert dict(boosted)[1] == dict(plain)[1]  # words keep their plain BM25 weight
+
+
+def test_bigram_weight_scales_only_the_recall_bigrams(tmp_path):
+    from docqa.tokenize import query_bigrams
+
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.executescript(LexicalIndex.SCHEMA)
+    idx = LexicalIndex(conn)
+    conn.execute("BEGIN")
+    idx.add([1, 2, 3], ["查看日志文件", "如何查看 日志", "无关 内容"])
+    conn.execute("COMMIT")
+    q = "如何查看日志"
+    weak = query_bigrams(q)
+    assert weak and all(len(t) == 2 for t in weak)
+    plain = dict(idx.search(q, 3))
+    same = dict(idx.search(q, 3, bigram_weight=1.0))
+    half = dict(idx.search(q, 3, bigram_weight=0.5))
+    assert same == plain
+    # a passage matched on words only keeps its score; one that also matched a bigram loses part of that
+    matched = {cid: set(tokenize(t)) for cid, t in [(1, "查看日志文件"), (2, "如何查看 日志")]}
+    for cid in plain:
+        if matched[cid] & weak:
+            assert half[cid] < plain[cid]
+        else:
+            assert half[cid] == pytest.approx(plain[cid])
+    assert dict(idx.search("grep -w", 3, bigram_weight=0.5)) == dict(idx.search("grep -w", 3))  # no CJK: no change

@@ -47,7 +47,10 @@ def test_looks_like_follow_up(q, follow):
 
 
 def test_combine_follow_up_adds_the_previous_topic():
-    assert combine_follow_up("what about on Windows?", "How do I install nginx?") == "what about on Windows? (install nginx)"
+    assert (
+        combine_follow_up("what about on Windows?", "How do I install nginx?")
+        == "what about on Windows? (install nginx)"
+    )
     zh = combine_follow_up("那它的配置文件在哪？", "怎么安装 nginx？")
     assert zh.startswith("那它的配置文件在哪？") and "nginx" in zh and "安装" in zh
     assert combine_follow_up("install nginx?", "install nginx") == "install nginx?"
@@ -79,8 +82,9 @@ def test_chat_models_rewrite_with_a_short_greedy_prompt():
 
 @pytest.mark.parametrize("reply", ["", "   \n", "x" * 500, "Sure.\nHere is a long answer\nwith\nmany\nlines"])
 def test_absurd_rewrites_fall_back_to_the_rule(reply):
-    q = rewrite_question("what about on Windows?", [("How do I install nginx?", "apt")], "How do I install nginx?",
-                         Rewriter(reply))  # fmt: skip
+    q = rewrite_question(
+        "what about on Windows?", [("How do I install nginx?", "apt")], "How do I install nginx?", Rewriter(reply)
+    )
     assert q == "what about on Windows? (install nginx)"
 
 
@@ -88,7 +92,9 @@ def test_base_models_use_the_rule_only_for_follow_ups():
     base = Rewriter("never used")
     base.is_chat_model = False
     turns = [("How do I install nginx?", "apt")]
-    assert rewrite_question("what about it?", turns, "How do I install nginx?", base) == "what about it? (install nginx)"
+    assert (
+        rewrite_question("what about it?", turns, "How do I install nginx?", base) == "what about it? (install nginx)"
+    )
     standalone = "How do I create a Python virtual environment with venv?"
     assert rewrite_question(standalone, turns, "How do I install nginx?", base) == standalone
     assert base.calls == []
@@ -100,8 +106,15 @@ def test_base_models_use_the_rule_only_for_follow_ups():
 def test_session_save_and_load_round_trip(tmp_path):
     s = Session.load(tmp_path, "work")
     assert s.turns == []
-    s.turns.append(Turn("怎么安装？", "用 apt [1]。", rewritten=None, citations=[1],
-                        sources=[{"n": 1, "source": "/d/a.md", "page": None, "section": ""}]))  # fmt: skip
+    s.turns.append(
+        Turn(
+            "怎么安装？",
+            "用 apt [1]。",
+            rewritten=None,
+            citations=[1],
+            sources=[{"n": 1, "source": "/d/a.md", "page": None, "section": ""}],
+        )
+    )
     path = s.save()
     assert path == tmp_path / "work.json" and sorted(p.name for p in tmp_path.iterdir()) == ["work.json"]
     data = json.loads(path.read_text(encoding="utf-8"))

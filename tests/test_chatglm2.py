@@ -62,8 +62,12 @@ def models(tmp_path_factory):
     return out
 
 
-CASES = [(name, layout, i) for name in CHECKPOINTS for layout in ("bin", "safetensors")
-         for i in range(len(EXPECTED[name]["cases"]))]
+CASES = [
+    (name, layout, i)
+    for name in CHECKPOINTS
+    for layout in ("bin", "safetensors")
+    for i in range(len(EXPECTED[name]["cases"]))
+]
 
 
 @pytest.mark.parametrize(("name", "layout", "i"), CASES)
@@ -98,9 +102,16 @@ def test_config_mapping():
 
 
 def test_real_6b_config_size():
-    cfg = {"num_layers": 28, "hidden_size": 4096, "kv_channels": 128, "ffn_hidden_size": 13696,
-           "padded_vocab_size": 65024, "num_attention_heads": 32, "multi_query_attention": True,
-           "multi_query_group_num": 2}
+    cfg = {
+        "num_layers": 28,
+        "hidden_size": 4096,
+        "kv_channels": 128,
+        "ffn_hidden_size": 13696,
+        "padded_vocab_size": 65024,
+        "num_attention_heads": 32,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+    }
     assert 6.1e9 < count_params(cfg) < 6.3e9
 
 
@@ -197,7 +208,9 @@ def test_generator_streams_greedy_tokens(generator):
     # the tiny model's 1,024-token vocabulary cannot embed real prompts: feed the reference ids directly
     generator.tokenizer.encode = lambda text, add_special_tokens=True: list(case["input_ids"])
     try:
-        pieces = list(generator.stream("anything", GenerationOptions(max_new_tokens=16, temperature=0, stop_loops=False)))
+        pieces = list(
+            generator.stream("anything", GenerationOptions(max_new_tokens=16, temperature=0, stop_loops=False))
+        )
         looped = "".join(generator.stream("anything", GenerationOptions(max_new_tokens=16, temperature=0)))
     finally:
         del generator.tokenizer.encode
@@ -210,10 +223,16 @@ def test_generator_streams_greedy_tokens(generator):
 def test_generator_metadata_and_prompt(generator):
     assert generator.context_length == 64  # max_context override
     assert generator.count_tokens("你好") == 2
-    msgs = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is APT?"},
-            {"role": "assistant", "content": "A package manager."}, {"role": "user", "content": "和 dpkg？"}]
-    assert generator.render(msgs) == ("[Round 1]\n\n问：Answer briefly.\n\nWhat is APT?\n\n答：A package manager.\n\n"
-                                      "[Round 2]\n\n问：和 dpkg？\n\n答：")
+    msgs = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is APT?"},
+        {"role": "assistant", "content": "A package manager."},
+        {"role": "user", "content": "和 dpkg？"},
+    ]
+    assert generator.render(msgs) == (
+        "[Round 1]\n\n问：Answer briefly.\n\nWhat is APT?\n\n答：A package manager.\n\n"
+        "[Round 2]\n\n问：和 dpkg？\n\n答："
+    )
     assert messages_to_query_history(msgs[1:]) == ("和 dpkg？", [("What is APT?", "A package manager.")])
     with pytest.raises(ModelError, match="more than the model's context"):
         list(generator.stream("长" * 100))

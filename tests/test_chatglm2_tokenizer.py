@@ -53,8 +53,14 @@ def test_decode_drops_special_eos_pad_and_out_of_vocab_ids(tok):
 
 
 @pytest.mark.parametrize(
-    "text", ["Debian 参考手册 dpkg -L 列出软件包安装的文件。", "emoji 👋 and full-width，标点！", "  leading spaces and trailing  ",
-             "Line one\nLine two\n\n\nLine five", "数字 12345 和 3.14159"],
+    "text",
+    [
+        "Debian 参考手册 dpkg -L 列出软件包安装的文件。",
+        "emoji 👋 and full-width，标点！",
+        "  leading spaces and trailing  ",
+        "Line one\nLine two\n\n\nLine five",
+        "数字 12345 和 3.14159",
+    ],
 )
 def test_stream_decoding_reproduces_full_decode(tok, text):
     ids = tok.encode(text, add_special_tokens=False)

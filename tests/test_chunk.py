@@ -29,9 +29,11 @@ def test_chunks_never_cross_pages_or_sections():
     text = "".join(pages)
     starts = [0, len(pages[0]), len(pages[0]) + len(pages[1])]
     doc = Document(
-        "m.pdf", text, pages=[Page(i + 1, s) for i, s in enumerate(starts)],
+        "m.pdf",
+        text,
+        pages=[Page(i + 1, s) for i, s in enumerate(starts)],
         sections=[Section(0, ("Intro",)), Section(starts[2], ("Intro", "Details"))],
-    )  # fmt: skip
+    )
     chunks = chunk_document(doc, count_tokens=lambda t: len(t.split()), chunk_tokens=30, overlap=5)
     for c in chunks:
         assert doc.page_at(c.start) == doc.page_at(c.end - 1) == c.page
@@ -44,7 +46,9 @@ def test_real_tokenizer_never_exceeds_model_limit(embedder):
     # long runs without separators (a URL-ish blob, a Chinese run without punctuation) must still fit
     text = "x" * 3000 + "\n\n" + "中文没有标点的很长的一段话" * 200 + "\n\n" + "normal words here. " * 300
     doc = Document("a.txt", text)
-    chunks = chunk_document(doc, embedder.count_tokens, chunk_tokens=200, overlap=40, max_tokens=embedder.max_tokens - 2)
+    chunks = chunk_document(
+        doc, embedder.count_tokens, chunk_tokens=200, overlap=40, max_tokens=embedder.max_tokens - 2
+    )
     assert max(embedder.count_tokens(c.text) for c in chunks) <= 200
     assert all(c.n_tokens == embedder.count_tokens(c.text) for c in chunks)
 
@@ -76,7 +80,9 @@ def test_table_of_contents_pages_are_not_indexed():
     body = "The package manager installs software. " * 30
     assert is_table_of_contents(toc)
     assert not is_table_of_contents(body)
-    assert not is_table_of_contents("Prices\napples 3\npears 4\nplums 5\nfigs 6\nkiwis 7\nlimes 8")  # no title, no leaders
+    assert not is_table_of_contents(
+        "Prices\napples 3\npears 4\nplums 5\nfigs 6\nkiwis 7\nlimes 8"
+    )  # no title, no leaders
     doc = Document("m.pdf", toc + "\n" + body, pages=[Page(1, 0), Page(2, len(toc) + 1)])
     chunks = chunk_document(doc, count_tokens=lambda t: len(t.split()), chunk_tokens=100, overlap=0)
     assert {c.page for c in chunks} == {2}

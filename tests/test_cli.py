@@ -180,8 +180,19 @@ def test_k_means_top_k_in_search_and_ask(kb, recorder, flag):
 
 
 def test_quantize_and_device_reach_the_settings(kb, recorder):
-    r = run("ask", "How do I create a virtual environment?", "--index", kb, "--model", "demo",
-            "--quantize", "int4", "--device", "cpu", "--json")  # fmt: skip
+    r = run(
+        "ask",
+        "How do I create a virtual environment?",
+        "--index",
+        kb,
+        "--model",
+        "demo",
+        "--quantize",
+        "int4",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert (recorder.settings.llm_quantize, recorder.settings.llm_device) == ("int4", "cpu")
     r = run("ask", "x", "--index", kb, "--model", "demo", "--device", "tpu")
@@ -189,12 +200,12 @@ def test_quantize_and_device_reach_the_settings(kb, recorder):
 
 
 def test_skipped_files_are_counted_per_reason(docs_dir, tmp_path):
-    for name in ("a.png", "b.png", "c.jpg"):
-        (docs_dir / name).write_bytes(b"\x89PNG")
+    for name in ("a.mp3", "b.mp3", "c.wav"):
+        (docs_dir / name).write_bytes(b"ID3")
     r = run("ingest", docs_dir, "--index", tmp_path / "kb")
     assert r.exit_code == 0, r.output
     stderr = " ".join(r.stderr.split())  # Rich wraps stderr at the terminal width
-    assert "skipped 3 (use --json for the list): unsupported file type .jpg, 2 × unsupported file type .png" in stderr
+    assert "skipped 3 (use --json for the list): 2 × unsupported file type .mp3, unsupported file type .wav" in stderr
 
 
 def test_the_library_never_imports_the_cli_and_chat_has_no_terminal_code():
@@ -214,7 +225,30 @@ def test_the_library_never_imports_the_cli_and_chat_has_no_terminal_code():
                 names = [a.name for a in node.names]
             else:
                 continue
-            assert not any(n in ("cli", ".cli", "..cli", "docqa.cli") or n.startswith(("docqa.cli.", ".cli."))
-                           for n in names) or path.name == "__main__.py", path  # fmt: skip
+            assert (
+                not any(
+                    n in ("cli", ".cli", "..cli", "docqa.cli") or n.startswith(("docqa.cli.", ".cli.")) for n in names
+                )
+                or path.name == "__main__.py"
+            ), path
             if path.name == "chat.py":
                 assert not any(n.split(".")[0] in ("rich", "typer", "prompt_toolkit") for n in names), names
+
+
+def test_models_lists_a_checkpoint_with_how_it_would_run(tmp_path):
+    from pathlib import Path
+
+    tiny = Path(__file__).parent / "data" / "chatglm2" / "tiny-chatglm2"
+    r = run("models", "--model", tiny, "--json")
+    assert r.exit_code == 0, r.output
+    (m,) = [x for x in json.loads(r.stdout) if x["source"] == "llm"]
+    assert m["family"] == "chatglm2" and m["device"] == "cpu" and m["context_length"] == 8192 and m["memory_bytes"] > 0
+    r = run("models", "--model", tmp_path, "--json")  # a folder that is no checkpoint is listed with the reason
+    assert r.exit_code == 0 and "not a ChatGLM checkpoint" in json.loads(r.stdout)[0]["problem"]
+
+
+def test_ingest_ocr_and_model_family_flags_reach_the_settings(kb, recorder):
+    r = run("ask", "x", "--index", kb, "--model", "demo", "--model-family", "chatglm3")
+    assert r.exit_code == 0, r.output
+    assert recorder.settings.model_family == "chatglm3"
+    assert run("ingest", kb, "--ocr", "sometimes").exit_code == 1  # not a choice: a usage error

@@ -1,5 +1,5 @@
 """`docqa chat` (docqa/cli/repl.py): /commands, and whole conversations scripted through stdin with the real
-knowledge base and demo model."""
+knowledge base and demo model; the extractive default end to end."""
 
 from __future__ import annotations
 
@@ -37,8 +37,13 @@ def test_repl_commands_without_a_model(tmp_path, capsys):
     """The loop alone: JSON lines per /command, one bad turn does not end it, /exit does."""
     chat = Chat(OneHit(), Echo(), Settings(sessions_dir=tmp_path), Session())
     console = Console(file=io.StringIO())
-    run_repl(chat, console, console, ["/help", "/sources", "How do I install nginx?", "/sources", "/nope",
-                                      "/exit", "never asked"], as_json=True)  # fmt: skip
+    run_repl(
+        chat,
+        console,
+        console,
+        ["/help", "/sources", "How do I install nginx?", "/sources", "/nope", "/exit", "never asked"],
+        as_json=True,
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x.get("command") for x in lines] == ["help", "sources", None, "sources", "error"]
     assert lines[0]["text"] == HELP and lines[1]["sources"] == []
@@ -76,8 +81,12 @@ def cli(demo, kb, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCQA_MAX_NEW_TOKENS", "16")
 
     def run(lines: list[str], *args: str):
-        r = runner.invoke(app, ["chat", "--index", str(kb), "--model", "demo", "--temperature", "0", *args],
-                          input="".join(line + "\n" for line in lines), catch_exceptions=False)  # fmt: skip
+        r = runner.invoke(
+            app,
+            ["chat", "--index", str(kb), "--model", "demo", "--temperature", "0", *args],
+            input="".join(line + "\n" for line in lines),
+            catch_exceptions=False,
+        )
         assert r.exit_code == 0, r.output
         return r
 
@@ -90,8 +99,19 @@ def json_lines(r) -> list[dict]:
 
 
 def test_scripted_chat_rewrites_the_follow_up_for_retrieval(cli):
-    r = cli(["How do I install nginx?", "Where is its configuration file?", "/history", "/sources", "/reset",
-             "/history", "/exit", "Never asked?"], "--json")  # fmt: skip
+    r = cli(
+        [
+            "How do I install nginx?",
+            "Where is its configuration file?",
+            "/history",
+            "/sources",
+            "/reset",
+            "/history",
+            "/exit",
+            "Never asked?",
+        ],
+        "--json",
+    )
     first, second, hist, sources, reset, hist2 = json_lines(r)
     assert first["rewritten_query"] is None and first["passages"][0]["source"].endswith("nginx.md")
     # alone, "Where is its configuration file?" matches every document equally; with the first turn it is nginx's
@@ -102,8 +122,7 @@ def test_scripted_chat_rewrites_the_follow_up_for_retrieval(cli):
     assert sources["command"] == "sources"
     assert reset["command"] == "reset" and hist2["turns"] == []
     assert "Never asked" not in r.stdout  # /exit ended the loop
-    assert "demo model" in r.stderr  # DEMO_NOTICE, once, on stderr
-    assert r.stderr.count("built-in demo model") == 1
+    assert r.stderr.count("Using the demo model") == 1  # DEMO_NOTICE, once, on stderr
 
 
 def test_verbose_shows_the_standalone_question_and_sources(cli):
@@ -131,3 +150,22 @@ def test_bad_session_name_fails_cleanly(cli, demo, kb):
 
     r = runner.invoke(app, ["chat", "--index", str(kb), "--session", "../x"], input="")
     assert r.exit_code == 1 and "session name" in r.stderr
+
+
+def test_scripted_chat_with_the_extractive_default_quotes_and_cites(kb, tmp_path, monkeypatch):
+    """No model configured: chat --json answers each question (and its follow-up) with cited quotes, at once."""
+    from docqa.cli import app
+
+    monkeypatch.setenv("DOCQA_SESSIONS_DIR", str(tmp_path / "sessions"))
+    monkeypatch.setenv("DOCQA_CHATGLM2_PATH", str(tmp_path))  # not a checkpoint: auto falls back to extractive
+    lines = ["How do I install nginx?", "Where is its configuration file?", "/reset"]
+    r = runner.invoke(
+        app, ["chat", "--index", str(kb), "--json"], input="".join(x + "\n" for x in lines), catch_exceptions=False
+    )
+    assert r.exit_code == 0, r.output
+    first, second, _ = json_lines(r)
+    assert "apt install nginx" in first["answer"] and first["citations"] and not first["invalid_citations"]
+    assert "/etc/nginx/nginx.conf" in second["answer"] and second["citations"]
+    assert {p["n"] for p in first["passages"]} >= set(first["citations"])
+    assert first["timings"]["total"] - first["timings"]["retrieval"] < 5
+    assert r.stderr.count("No language model configured") == 1

@@ -26,7 +26,12 @@ def test_none_flags_change_nothing(monkeypatch):
 
 @pytest.mark.parametrize(
     "env, value",
-    [("DOCQA_TOP_K", "many"), ("DOCQA_MODE", "fuzzy"), ("DOCQA_INCLUDE_HIDDEN", "perhaps"), ("DOCQA_CHUNK_OVERLAP", "999")],
+    [
+        ("DOCQA_TOP_K", "many"),
+        ("DOCQA_MODE", "fuzzy"),
+        ("DOCQA_INCLUDE_HIDDEN", "perhaps"),
+        ("DOCQA_CHUNK_OVERLAP", "999"),
+    ],
 )
 def test_bad_values_are_config_errors(monkeypatch, env, value):
     monkeypatch.setenv(env, value)
@@ -86,9 +91,15 @@ def test_hf_and_xdg_variables_are_fallbacks(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "env, value",
-    [("DOCQA_LLM_DTYPE", "int8"), ("DOCQA_LLM_DTYPE", "fp64"), ("DOCQA_EMBED_PRECISION", "fp16"),
-     ("DOCQA_LLM_QUANTIZE", "int3"), ("DOCQA_LLM_DEVICE", "tpu"), ("DOCQA_LLM_DEVICE", "cuda:x"),
-     ("DOCQA_MODEL_HUB", "github")],
+    [
+        ("DOCQA_LLM_DTYPE", "int8"),
+        ("DOCQA_LLM_DTYPE", "fp64"),
+        ("DOCQA_EMBED_PRECISION", "fp16"),
+        ("DOCQA_LLM_QUANTIZE", "int3"),
+        ("DOCQA_LLM_DEVICE", "tpu"),
+        ("DOCQA_LLM_DEVICE", "cuda:x"),
+        ("DOCQA_MODEL_HUB", "github"),
+    ],
 )
 def test_bad_choices_are_config_errors_at_load(monkeypatch, env, value):
     monkeypatch.delenv("DOCQA_CONFIG", raising=False)
@@ -125,6 +136,11 @@ def test_every_error_type_lives_in_errors_py():
     import re
 
     defines = re.compile(r"^\s*class \w+\((?:\w+\.)*\w*(?:Error|Exception)\)")
-    found = [f"{p.relative_to(REPO)}:{n}" for p in sorted((REPO / "docqa").rglob("*.py")) if p.name != "errors.py"
-             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if defines.match(line)]
+    found = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in sorted((REPO / "docqa").rglob("*.py"))
+        if p.name != "errors.py"
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if defines.match(line)
+    ]
     assert not found, "define error types in docqa/errors.py: " + ", ".join(found)

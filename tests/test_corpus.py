@@ -35,7 +35,7 @@ def _cjk_count(text: str) -> int:
     return len(CJK.findall(text))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pdf_pages(path: Path) -> tuple[str, ...]:
     import pypdfium2 as pdfium
 
@@ -54,7 +54,7 @@ def pdf_pages(path: Path) -> tuple[str, ...]:
         pdf.close()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def html_texts(path: Path) -> tuple[str, ...]:
     """The page text with inline elements joined by "" (get_text(" ") would split `<span>-</span><span>m</span>`)."""
     from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
@@ -68,7 +68,7 @@ def html_texts(path: Path) -> tuple[str, ...]:
     return (soup.get_text(""),)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def docx_text(path: Path) -> str:
     import docx
 
@@ -209,7 +209,9 @@ def test_dev_set_shape() -> None:
     assert len(set(questions)) == len(questions), "duplicate questions"
     for it in items:
         where = f"dev_qa.jsonl line {it['_line']}"
-        assert set(it) - {"_line"} <= {"question", "keywords", "lang", "source", "page", "corpus", "split", "xlang"}, where
+        assert set(it) - {"_line"} <= {"question", "keywords", "lang", "source", "page", "corpus", "split", "xlang"}, (
+            where
+        )
         assert it["split"] in ("tune", "report"), where
         assert isinstance(it["question"], str) and it["question"].strip(), where
         kws = it["keywords"]

@@ -23,8 +23,12 @@ def test_encode_rejects_a_bare_string(embedder):
 def test_bf16_matches_fp32_rankings():
     fp32 = get_embedder(precision="fp32")
     bf16 = SentenceTransformerEmbedder(precision="bf16")
-    docs = ["The venv module creates virtual environments.", "tar -xzf extracts a gzip archive.",
-            "dpkg -L lists the files of a package.", "Logging levels: DEBUG, INFO, WARNING."]  # fmt: skip
+    docs = [
+        "The venv module creates virtual environments.",
+        "tar -xzf extracts a gzip archive.",
+        "dpkg -L lists the files of a package.",
+        "Logging levels: DEBUG, INFO, WARNING.",
+    ]
     a, b = fp32.encode(docs), bf16.encode(docs)
     assert float(np.min(np.sum(a * b, axis=1))) > 0.999
     q = "how do I list package files"

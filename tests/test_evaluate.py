@@ -86,8 +86,7 @@ def test_first_hit_rank_and_evaluate_per_language():
 def test_load_qa_good_file(tmp_path):
     p = tmp_path / "qa.jsonl"
     p.write_text(
-        '{"question": "a?", "keywords": ["x"], "lang": "en"}\n\n'
-        '{"question": "b?", "source": "f.pdf", "page": 2}\n',
+        '{"question": "a?", "keywords": ["x"], "lang": "en"}\n\n{"question": "b?", "source": "f.pdf", "page": 2}\n',
         encoding="utf-8",
     )
     items = load_qa(p)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import build_kb
+
 from docqa.documents import Answer, Hit
 from docqa.evaluate import QAItem
 from docqa.evaluate_answers import answerer_settings, evaluate_answers, group_names, judge_answer, summarise
@@ -15,8 +15,15 @@ from docqa.generate.base import Generator
 
 def _answer(text, citations=(), invalid=(), abstained=False, passages=None, total=1.0, retrieval=0.25):
     hits = passages or [Hit(1, 1.0, "/d/faq.txt", "To keep a package at its version run apt-mark hold PKG.")]
-    return Answer("q", text, hits, citations=list(citations), invalid_citations=list(invalid), abstained=abstained,
-                  timings={"retrieval": retrieval, "first_token": 0.5, "total": total})  # fmt: skip
+    return Answer(
+        "q",
+        text,
+        hits,
+        citations=list(citations),
+        invalid_citations=list(invalid),
+        abstained=abstained,
+        timings={"retrieval": retrieval, "first_token": 0.5, "total": total},
+    )
 
 
 def test_judge_answer_checks_the_text_and_the_cited_passage_separately():
@@ -32,8 +39,11 @@ def test_judge_answer_checks_the_text_and_the_cited_passage_separately():
 
 
 def test_summary_groups_by_language_and_half():
-    items = [QAItem("a", ["x"], lang="en", split="tune"), QAItem("b", ["x"], lang="en", split="report"),
-             QAItem("c", ["x"], lang="zh", split="report")]  # fmt: skip
+    items = [
+        QAItem("a", ["x"], lang="en", split="tune"),
+        QAItem("b", ["x"], lang="en", split="report"),
+        QAItem("c", ["x"], lang="zh", split="report"),
+    ]
     recs = [judge_answer(it, _answer(t, [1])) for it, t in zip(items, ["x [1]", "y [1]", "x [1]"])]
     assert group_names(recs) == ["en", "zh", "en/report", "en/tune", "zh/report", "zh/tune"]
     s = summarise(recs[:2])
@@ -85,18 +95,27 @@ def test_answerer_settings():
 @pytest.fixture(scope="module")
 def qa_kb(tmp_path_factory, embedder):
     root = tmp_path_factory.mktemp("answers")
-    s = build_kb(root, {
-        "nginx.md": "# nginx\n\nInstall nginx with `sudo apt install nginx`. The server starts by itself.\n",
-        "tar.txt": "tar 命令\n\n解压文件：使用 tar -xzvf archive.tar.gz 可以解压一个用 gzip 压缩的归档。\n",
-    }, embedder)  # fmt: skip
+    s = build_kb(
+        root,
+        {
+            "nginx.md": "# nginx\n\nInstall nginx with `sudo apt install nginx`. The server starts by itself.\n",
+            "tar.txt": "tar 命令\n\n解压文件：使用 tar -xzvf archive.tar.gz 可以解压一个用 gzip 压缩的归档。\n",
+        },
+        embedder,
+    )
     qa = root / "qa.jsonl"
     qa.write_text(
-        json.dumps({"question": "How do I install nginx?", "keywords": ["apt install nginx"], "lang": "en",
-                    "split": "report"}) + "\n"
-        + json.dumps({"question": "怎么解压 tar.gz 文件？", "keywords": ["tar -xzvf"], "lang": "zh",
-                      "split": "tune"}, ensure_ascii=False) + "\n",
+        json.dumps(
+            {"question": "How do I install nginx?", "keywords": ["apt install nginx"], "lang": "en", "split": "report"}
+        )
+        + "\n"
+        + json.dumps(
+            {"question": "怎么解压 tar.gz 文件？", "keywords": ["tar -xzvf"], "lang": "zh", "split": "tune"},
+            ensure_ascii=False,
+        )
+        + "\n",
         encoding="utf-8",
-    )  # fmt: skip
+    )
     return s, qa
 
 

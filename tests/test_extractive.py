@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from docqa.generate.extractive import ANSWER_UNITS, ExtractiveAnswerer, Quote, Unit, render, select, split_units
+from docqa.generate.base import GenerationOptions, Generator
+from docqa.generate.extractive import (
+    ANSWER_UNITS,
+    ANSWER_UNITS_ZH,
+    NOTHING,
+    ExtractiveAnswerer,
+    Quote,
+    Unit,
+    render,
+    select,
+    split_units,
+)
 
 
 def texts(units: list[Unit]) -> list[str]:
@@ -47,8 +60,10 @@ def test_pdf_line_wraps_are_joined_and_chinese_wraps_leave_no_space():
     units = split_units(
         "如果您已经下载了这些文件，您就可以从系统中删除这\n些文件。\nPackages can be upgraded in place, even in\nrunning systems."
     )
-    assert texts(units) == ["如果您已经下载了这些文件，您就可以从系统中删除这些文件。",
-                            "Packages can be upgraded in place, even in running systems."]  # fmt: skip
+    assert texts(units) == [
+        "如果您已经下载了这些文件，您就可以从系统中删除这些文件。",
+        "Packages can be upgraded in place, even in running systems.",
+    ]
 
 
 def test_command_after_an_introducing_sentence_is_one_command_unit():
@@ -67,9 +82,13 @@ def test_command_after_an_introducing_sentence_is_one_command_unit():
 
 @pytest.mark.parametrize(
     "line",
-    ["$ tar -xzf foo.tar.gz -C /tmp/out", "# apt-get install build-essential", ">>> sorted(data, reverse=True)",
-     "python3 -m venv tutorial-env"],
-)  # fmt: skip
+    [
+        "$ tar -xzf foo.tar.gz -C /tmp/out",
+        "# apt-get install build-essential",
+        ">>> sorted(data, reverse=True)",
+        "python3 -m venv tutorial-env",
+    ],
+)
 def test_shell_prompts_and_code_lines_are_kept_whole(line):
     units = split_units(f"Run this:\n\n{line}\n\nThat is all.")
     assert ("command", line) in kinds(units)
@@ -77,16 +96,21 @@ def test_shell_prompts_and_code_lines_are_kept_whole(line):
 
 def test_ascii_command_between_chinese_lines_is_a_command():
     units = split_units("然后执行 \napt-get update\n然后运行 \napt-get dist-upgrade")
-    assert kinds(units) == [("sentence", "然后执行"), ("command", "apt-get update"),
-                            ("sentence", "然后运行"), ("command", "apt-get dist-upgrade")]  # fmt: skip
+    assert kinds(units) == [
+        ("sentence", "然后执行"),
+        ("command", "apt-get update"),
+        ("sentence", "然后运行"),
+        ("command", "apt-get dist-upgrade"),
+    ]
 
 
 def test_fenced_code_lines_are_commands():
     units = split_units(
         "Change the call to:\n\n``` python\nlogging.basicConfig(filename='example.log', filemode='w')\n```"
     )
-    assert units[-1] == Unit("logging.basicConfig(filename='example.log', filemode='w')", units[-1].start,
-                             units[-1].end, "command")  # fmt: skip
+    assert units[-1] == Unit(
+        "logging.basicConfig(filename='example.log', filemode='w')", units[-1].start, units[-1].end, "command"
+    )
 
 
 def test_markdown_table_row_carries_its_header():
@@ -116,12 +140,27 @@ def test_unindented_option_list_from_a_word_document():
     ]
 
 
+def test_option_description_wrapped_over_lines_stays_one_item():
+    # the chunker strips the first line's indentation, so the term looks no less indented than its description
+    text = (
+        "-m NUM, --max-count=NUM\n              在找到 NUM\n              个匹配的行之后，不再读这个文件。如果输入是\n"
+        "              标准输入，grep 保证它被定位于最后一次匹配的行之后。"
+    )
+    assert kinds(split_units(text)) == [
+        ("item", "-m NUM, --max-count=NUM 在找到 NUM 个匹配的行之后，不再读这个文件。"),
+        ("sentence", "如果输入是标准输入，grep 保证它被定位于最后一次匹配的行之后。"),
+    ]
+
+
 def test_list_items_and_headings():
     units = split_units(
         "8.4. 如何显示已安装的软件包包含的文件？\n\n- first point, still\n  the same item\n- second point"
     )
-    assert kinds(units) == [("heading", "8.4. 如何显示已安装的软件包包含的文件？"),
-                            ("item", "- first point, still the same item"), ("item", "- second point")]  # fmt: skip
+    assert kinds(units) == [
+        ("heading", "8.4. 如何显示已安装的软件包包含的文件？"),
+        ("item", "- first point, still the same item"),
+        ("item", "- second point"),
+    ]
 
 
 def test_empty_and_blank_text_have_no_units():
@@ -202,9 +241,31 @@ def test_sentence_ending_in_a_colon_pulls_in_the_command_after_it():
     assert got[got.index("On Unix or MacOS, run:") + 1] == "source tutorial-env/bin/activate"
 
 
+def test_how_questions_prefer_the_option_entry_that_names_what_is_asked():
+    passages = [
+        "ro Mount the filesystem read-only.\n\nrw Mount the filesystem read-write.",
+        "-r, --read-only\n       Mount the filesystem read-only. A synonym is -o ro.",
+    ]
+    quotes = select("How do I mount a USB drive read-only?", passages, max_units=1)
+    assert [(q.passage, q.text) for q in quotes] == [(2, "-r, --read-only Mount the filesystem read-only.")]
+
+
+def test_a_later_sentence_of_an_option_description_brings_its_option():
+    passage = (
+        "The options are:\n\n‘--follow-symlinks’\n     This option is available only on platforms that support symbolic links.\n"
+        "     If the file named on the command line is a symbolic link, sed edits the ultimate destination of the link."
+    )
+    got = [q.text for q in select("How does sed edit the destination of a symbolic link?", [passage], max_units=1)]
+    assert got[0].startswith("‘--follow-symlinks’")
+    assert got[-1].startswith("If the file named on the command line is a symbolic link")
+
+
 def test_citations_name_the_passage_each_quote_came_from():
-    passages = ["Nothing relevant lives here at all.", "Use apt-mark hold foo to keep foo at its version.",
-                "Run apt-mark unhold foo to let it upgrade again."]  # fmt: skip
+    passages = [
+        "Nothing relevant lives here at all.",
+        "Use apt-mark hold foo to keep foo at its version.",
+        "Run apt-mark unhold foo to let it upgrade again.",
+    ]
     quotes = select("How do I hold a package with apt-mark?", passages)
     by_text = {q.text: q.passage for q in quotes}
     assert by_text["Use apt-mark hold foo to keep foo at its version."] == 2
@@ -227,8 +288,9 @@ def test_quotes_are_grouped_by_passage_in_reading_order():
 
 def test_max_chars_is_respected_and_an_over_long_unit_is_cut_with_an_ellipsis():
     long_sentence = "The venv module creates virtual environments " + "with many words " * 60 + "at the end."
-    quotes = select("How does venv create virtual environments?", [long_sentence, "venv creates environments."],
-                    max_chars=120)  # fmt: skip
+    quotes = select(
+        "How does venv create virtual environments?", [long_sentence, "venv creates environments."], max_chars=120
+    )
     assert sum(len(q.text) for q in quotes) <= 120
     assert quotes[0].text.endswith("…")
     assert not quotes[0].text[:-1].endswith(" ")
@@ -321,3 +383,82 @@ def test_answerer_max_units_bounds_the_picks():
     text = " ".join(f"Sentence {i} mentions rsync and its options." for i in range(12))
     assert len(list(ExtractiveAnswerer(max_units=2).answer("What does rsync do?", [text]))) == 3  # lead-in + 2
     assert len(list(ExtractiveAnswerer().answer("What does rsync do?", [text]))) == 1 + ANSWER_UNITS
+
+
+def test_chinese_questions_get_more_picks_by_default():
+    text = "".join(f"第{i}句提到 rsync 同步。" for i in range(14))
+    assert len(list(ExtractiveAnswerer().answer("rsync 同步是什么？", [text]))) == 1 + ANSWER_UNITS_ZH
+    assert len(list(ExtractiveAnswerer(max_units=3).answer("rsync 同步是什么？", [text]))) == 1 + 3
+
+
+# ----------------------------------------------------------------------------------------------- as a Generator
+
+
+def test_answerer_is_a_generator_that_takes_passages_and_no_model_context():
+    a = ExtractiveAnswerer()
+    assert isinstance(a, Generator)
+    assert a.name == "extractive" and a.is_chat_model is False
+    assert a.passage_limit > 0
+    assert a.context_length >= 100_000  # the prompt budget never drops a passage for it
+    assert a.count_tokens("some words") > 0  # the defaults still work for prompt building
+
+
+def test_stream_grounded_quotes_the_passages_not_the_prompt():
+    a = ExtractiveAnswerer()
+    q = "How can I list the files of an installed package?"
+    prompt = [{"role": "user", "content": "this prompt text is not what gets quoted"}]
+    pieces = list(a.stream_grounded(q, [DISTRACTOR, ANSWER], prompt, GenerationOptions()))
+    assert "".join(pieces) == "".join(a.answer(q, [DISTRACTOR, ANSWER]))
+    assert "dpkg --listfiles foo [2]" in "".join(pieces)
+    assert "".join(a.stream_grounded(q, [DISTRACTOR, ANSWER], prompt)) == "".join(pieces)  # options optional
+
+
+def test_stream_grounded_with_nothing_to_quote_says_so_in_the_question_language():
+    a = ExtractiveAnswerer()
+    assert "".join(a.stream_grounded("How do I frobnicate?", [], "p")) == NOTHING["en"]
+    assert "".join(a.stream_grounded("怎么解压文件？", ["", " "], "p")) == NOTHING["zh"]
+
+
+def test_stream_grounded_stops_when_cancelled():
+    a = ExtractiveAnswerer()
+    q = "How can I list the files of an installed package?"
+    cancel = threading.Event()
+    cancel.set()
+    assert list(a.stream_grounded(q, [ANSWER], "p", GenerationOptions(cancel=cancel))) == []
+    cancel = threading.Event()
+    got = []
+    for piece in a.stream_grounded(q, [DISTRACTOR, ANSWER], "p", GenerationOptions(cancel=cancel)):
+        got.append(piece)
+        cancel.set()  # set after the first piece: nothing more comes
+    assert len(got) == 1 and got[0] == "From the documents:\n"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "lang"),
+    [
+        ("Explain tar.", "en"),
+        ("解释一下 tar。", "zh"),
+        (
+            [
+                {"role": "user", "content": "怎么解压？"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "And then what?"},
+            ],
+            "en",
+        ),
+        ([{"role": "user", "content": "How?"}, {"role": "user", "content": "那么怎么办？"}], "zh"),
+        ([], "en"),
+    ],
+)
+def test_plain_stream_has_nothing_to_quote_and_says_so_in_the_last_user_language(prompt, lang):
+    a = ExtractiveAnswerer()
+    assert a.generate(prompt) == NOTHING[lang]
+    cancel = threading.Event()
+    cancel.set()
+    assert list(a.stream(prompt, GenerationOptions(cancel=cancel))) == []
+
+
+def test_constructor_keeps_its_signature():
+    sim = lambda q, texts: [0.0] * len(texts)  # noqa: E731
+    a = ExtractiveAnswerer(sim, frozenset({"en", "zh"}), 300, max_units=3)
+    assert (a.similarity, a.covered_languages, a.max_chars, a.max_units) == (sim, frozenset({"en", "zh"}), 300, 3)

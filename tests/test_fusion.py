@@ -1,8 +1,7 @@
-"""docqa.fusion: the pure ranking rules (weights, weighted RRF, feedback order, near-duplicates), no knowledge base."""
+"""docqa.fusion: the pure ranking rules (weights, weighted RRF, merging, near-duplicates), no knowledge base."""
 
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
 import docqa.fusion as F
@@ -10,7 +9,6 @@ from docqa.config import Settings
 from docqa.fusion import (
     bm25_confidence,
     dense_confidence,
-    feedback_order,
     fusion_weights,
     is_near_duplicate,
     mostly_overlaps,
@@ -69,44 +67,36 @@ def test_rrf_fuse_matches_the_formula_bit_for_bit():
         assert fused[cid] == d + b
 
 
-def _vectors(table):
-    calls = []
-
-    def lookup(ids):
-        calls.append(list(ids))
-        return {i: np.asarray(table[i], dtype=np.float32) for i in ids if i in table}
-
-    return lookup, calls
+@dataclass
+class _Placed:
+    document_id: int
+    ordinal: int
+    page: int | None = None
+    section: str = ""
 
 
-def test_feedback_order_lifts_passages_that_agree_with_the_seeds():
-    on, off = [1.0, 0.0], [0.0, 1.0]
-    lookup, calls = _vectors({1: on, 2: on, 3: on, 4: off, 5: [0.96, 0.28]})
-    bm25 = [(1, 10.0), (2, 9.0), (3, 8.0), (4, 7.9), (5, 7.8)]
-    order = feedback_order(bm25, bm25, lookup)
-    assert [cid for cid, _ in order] == [1, 2, 3, 5, 4]
-    assert dict(order)[4] == pytest.approx(0.0, abs=1e-6) and dict(order)[1] == pytest.approx(1.0)
-    assert calls == [[1, 2, 3, 4, 5]]  # one lookup: the seeds and the head together, no repeats
+def test_merge_target_joins_fragments_near_a_taken_hit():
+    taken = [[_Placed(1, 10, 3, "A")], [_Placed(2, 4, 1, "B")]]
+    assert F.merge_target(_Placed(1, 12), taken) == 0  # same document, 2 ordinals away
+    assert F.merge_target(_Placed(1, 8), taken) == 0
+    assert F.merge_target(_Placed(2, 3), taken) == 1
+    assert F.merge_target(_Placed(1, 13), taken) is None  # 3 away, nothing else in common
+    assert F.merge_target(_Placed(3, 10, 3, "A"), taken) is None  # another document
+    assert F.merge_target(_Placed(1, 13, 3, "A"), taken) == 0  # same section and page: one place in the text
+    assert F.merge_target(_Placed(1, 13, None, "A"), taken) is None  # an unknown page is no evidence
+    assert F.merge_target(_Placed(1, 13, 3, ""), [[_Placed(1, 10, 3, "")]]) is None  # nor an empty section
+    assert F.merge_target(_Placed(1, 0), []) is None
 
 
-def test_feedback_order_keeps_the_order_when_it_cannot_judge(monkeypatch):
-    on = [1.0, 0.0]
-    lookup, calls = _vectors({1: on, 2: on, 3: on})
-    two = [(1, 5.0), (2, 4.0)]
-    assert feedback_order(two[:1], two, lookup) is None  # one passage: nothing to re-order
-    assert feedback_order(two, [(1, 0.0), (2, 0.0)], lookup) is None  # no positive BM25 score
-    assert calls == []  # neither looked a vector up
-    assert feedback_order([(1, 5.0), (7, 4.0)], [(1, 5.0), (7, 4.0)], lookup) is None  # 7 has no vector
-    assert feedback_order([(8, 5.0), (9, 4.0)], [(8, 5.0)], _vectors({9: on})[0]) is None  # no seed vector
-    monkeypatch.setattr(F, "FEEDBACK_WEIGHT", 0.0)
-    assert feedback_order(two, two, lookup) is None
-
-
-def test_feedback_order_ties_keep_the_head_order():
-    same = [1.0, 0.0]
-    lookup, _ = _vectors({1: same, 2: same, 3: same})
-    head = [(2, 4.0), (3, 4.0), (1, 4.0)]  # equal BM25 and equal cosines: nothing moves
-    assert [cid for cid, _ in feedback_order(head, head, lookup)] == [2, 3, 1]
+def test_merge_target_chains_but_caps_the_span():
+    g = [_Placed(1, 10), _Placed(1, 12)]
+    assert F.merge_target(_Placed(1, 14), [g]) == 0  # near the member at 12: span 10..14 = 5 chunks
+    g.append(_Placed(1, 14))
+    assert F.MERGE_MAX_CHUNKS == 5
+    assert F.merge_target(_Placed(1, 15), [g]) is None  # 10..15 would be 6 chunks: a hit of its own
+    assert F.merge_target(_Placed(1, 11), [g]) == 0  # inside the span always joins
+    # the first group that can take it wins
+    assert F.merge_target(_Placed(1, 16), [g, [_Placed(1, 17)]]) == 1
 
 
 @dataclass

@@ -6,8 +6,8 @@ The default suite runs a short, derandomised pass (the same examples every time)
 random, and an input that breaks a loader is saved under tests/regressions/<loader>/ before the test fails;
 `test_regressions_replay` replays every file there (commit them: they are the fuzzer's findings).
 
-Text, Markdown, HTML and DOCX go through `load_file` in this process (pure Python: a hang shows up as a timed-out
-example); a LoadError that wraps a programming error (IndexError, TypeError... see _BUG_TYPES) counts as a finding. PDF goes through the sandbox worker, since pdfium is native code: there a crash, a timeout or a
+Text, Markdown, HTML, DOCX, CSV, EML, XLSX, PPTX, EPUB, ODT and RTF go through `load_file` in this process (pure Python: a hang shows up as a timed-out
+example); a LoadError that wraps a programming error (IndexError, TypeError... see _BUG_TYPES) counts as a finding. PDF and images (Pillow decoding, OCR in onnxruntime) go through the sandbox worker, since that is native code: there a crash, a timeout or a
 non-LoadError exception surfaces as a LoadError message, and those messages are what is checked.
 """
 
@@ -24,14 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hostile import good_docx, good_pdf, reference_loop_pdf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docqa.documents import Document
 from docqa.errors import LoadError
 from docqa.load.sandbox import LoaderSandbox
-
-from hostile import good_docx, good_pdf, reference_loop_pdf
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 LONG = int(os.environ.get("DOCQA_FUZZ_EXAMPLES", "0"))
@@ -43,26 +42,84 @@ FUZZ = settings(
     database=None,  # nothing written into the repository
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
-SUFFIX = {"text": ".txt", "markdown": ".md", "html": ".html", "docx": ".docx", "pdf": ".pdf"}
+SUFFIX = {
+    "text": ".txt",
+    "markdown": ".md",
+    "html": ".html",
+    "docx": ".docx",
+    "pdf": ".pdf",
+    "csv": ".csv",
+    "eml": ".eml",
+    "xlsx": ".xlsx",
+    "pptx": ".pptx",
+    "epub": ".epub",
+    "image": ".png",
+    "odt": ".odt",
+    "rtf": ".rtf",
+}
 
 
 # ---------------------------------------------------------------------------------------------- seeds and mutation
 
 SEEDS: dict[str, list[bytes]] = {
-    "text": ["第一章 简介\n\ntar 是归档工具。\n".encode("gb18030"), "UTF-16 text ünïcødé\n".encode("utf-16"),
-             b"plain ascii\r\nwith CRLF\r\n", "中文 UTF-8 文本\n".encode()],
+    "text": [
+        "第一章 简介\n\ntar 是归档工具。\n".encode("gb18030"),
+        "UTF-16 text ünïcødé\n".encode("utf-16"),
+        b"plain ascii\r\nwith CRLF\r\n",
+        "中文 UTF-8 文本\n".encode(),
+    ],
     "markdown": [b"---\ntitle: x\n---\n# H1\ntext\n## H2\n```\n# not a heading\n```\nSetext\n===\n- [a](b) *c*\n"],
-    "html": [b'<html><head><meta charset="gb2312"><title>T</title></head><body><nav>m</nav><h1>A</h1><p>x<b>y</b>'
-             b"</p><table><tr><td>1</td><td>2</td></tr></table><pre> a\n  b</pre></body></html>"],
+    "html": [
+        b'<html><head><meta charset="gb2312"><title>T</title></head><body><nav>m</nav><h1>A</h1><p>x<b>y</b>'
+        b"</p><table><tr><td>1</td><td>2</td></tr></table><pre> a\n  b</pre></body></html>"
+    ],
+    "csv": ["名称,端口\nssh,22\n".encode("gb18030"), b'a;b\n"x\ny";2\n', b"k\tv\n1\t2\n"],
+    "eml": [
+        b"Subject: =?utf-8?b?5rWL6K+V?=\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/html;"
+        b" charset=gbk\n\n<p>x</p>\n--b\nContent-Disposition: attachment; filename=a.csv\n\nk,v\n--b--\n"
+    ],
+    "rtf": [rb"{\rtf1\ansi\ansicpg936{\fonttbl{\f0 SimSun;}}\f0 \'d6\'d0 \u20013?x\par {\*\x y}\b b\b0}"],
+    "xlsx": [],
+    "pptx": [],
+    "epub": [],
+    "image": [],
+    "odt": [],
     "docx": [],  # filled lazily (python-docx is not needed to build them, but keep import cost out of collection)
     "pdf": [],
-}  # fmt: skip
+}
 
 
 def seeds(kind: str) -> list[bytes]:
     if not SEEDS[kind]:
-        SEEDS[kind] = [good_docx()] if kind == "docx" else [good_pdf(2), reference_loop_pdf()]
+        SEEDS[kind] = _lazy_seed(kind)
     return SEEDS[kind]
+
+
+def _lazy_seed(kind: str) -> list[bytes]:
+    from formatgen import font, make_epub, make_pptx, make_xlsx, render_text_image
+
+    if kind == "image":
+        buf = io.BytesIO()
+        render_text_image(["OCR me"], font("sans"), size=20, width=200, margin=10).save(buf, "PNG")
+        return [buf.getvalue()]
+    return {
+        "docx": lambda: [good_docx()],
+        "pdf": lambda: [good_pdf(2), reference_loop_pdf()],
+        "xlsx": lambda: [make_xlsx({"S": [["a", "b"], [1, "x"]]})],
+        "pptx": lambda: [make_pptx([("T", ["body"], "notes")], table=[["h"], ["v"]])],
+        "epub": lambda: [make_epub("B", [("C", "text")])],
+        "odt": lambda: [_odt()],
+    }[kind]()
+
+
+def _odt() -> bytes:
+    from test_load_office import odf
+
+    return odf(
+        "text",
+        '<text:h text:outline-level="1">H</text:h><text:p>a<text:s text:c="3"/>b</text:p><table:table>'
+        "<table:table-row><table:table-cell><text:p>c</text:p></table:table-cell></table:table-row></table:table>",
+    )
 
 
 @st.composite
@@ -92,25 +149,107 @@ def mutated(draw, kind: str) -> bytes:
 
 def _soup(tokens: list[str]) -> st.SearchStrategy[bytes]:
     return st.lists(st.one_of(st.sampled_from(tokens), st.text(max_size=8)), max_size=60).map(
-        lambda xs: "".join(xs).encode("utf-8", "surrogatepass"))  # fmt: skip
+        lambda xs: "".join(xs).encode("utf-8", "surrogatepass")
+    )
 
 
-MD_TOKENS = ["#", "## ", "\n", "```", "~~~", "---\n", "===\n", "* ", "[a](b)", "`x`", "> ", "<div>", "    ", "\r\n",
-             "- ", "1. ", "|a|b|\n", "\\", "![i](j)", "中文", "\u2028", "\x00", "\ufeff"]  # fmt: skip
-HTML_TOKENS = ["<h1>", "</h1>", "<p>", "</p>", "<table>", "<tr>", "<td>", "</td>", "<pre>", "</pre>", "<script>",
-               "<nav>", "<article>", "<header>", "<!--", "-->", "<![CDATA[", "]]>", "&amp;", "&#0;", "&#x110000;",
-               '<meta charset="utf-16">', '<meta charset="bogus">', "<?xml version='1.0' encoding='gb2312'?>",
-               "<h7>", '<div hidden aria-hidden="true" style="display:none">', "<br>", "中文", "\x00", "<"]  # fmt: skip
+MD_TOKENS = [
+    "#",
+    "## ",
+    "\n",
+    "```",
+    "~~~",
+    "---\n",
+    "===\n",
+    "* ",
+    "[a](b)",
+    "`x`",
+    "> ",
+    "<div>",
+    "    ",
+    "\r\n",
+    "- ",
+    "1. ",
+    "|a|b|\n",
+    "\\",
+    "![i](j)",
+    "中文",
+    "\u2028",
+    "\x00",
+    "\ufeff",
+]
+HTML_TOKENS = [
+    "<h1>",
+    "</h1>",
+    "<p>",
+    "</p>",
+    "<table>",
+    "<tr>",
+    "<td>",
+    "</td>",
+    "<pre>",
+    "</pre>",
+    "<script>",
+    "<nav>",
+    "<article>",
+    "<header>",
+    "<!--",
+    "-->",
+    "<![CDATA[",
+    "]]>",
+    "&amp;",
+    "&#0;",
+    "&#x110000;",
+    '<meta charset="utf-16">',
+    '<meta charset="bogus">',
+    "<?xml version='1.0' encoding='gb2312'?>",
+    "<h7>",
+    '<div hidden aria-hidden="true" style="display:none">',
+    "<br>",
+    "中文",
+    "\x00",
+    "<",
+]
 
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[bytes]]] = {
-    "text": lambda: st.one_of(st.binary(max_size=3000), mutated("text"),
-                              st.text(max_size=500).map(lambda s: s.encode("utf-8", "surrogatepass"))),
+    "text": lambda: st.one_of(
+        st.binary(max_size=3000),
+        mutated("text"),
+        st.text(max_size=500).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    ),
     "markdown": lambda: st.one_of(_soup(MD_TOKENS), mutated("markdown"), st.binary(max_size=2000)),
     "html": lambda: st.one_of(_soup(HTML_TOKENS), mutated("html"), st.binary(max_size=2000)),
-    "docx": lambda: st.one_of(mutated("docx"), st.binary(max_size=2000),
-                              _soup(HTML_TOKENS).map(lambda b: good_docx_body(b))),
+    "docx": lambda: st.one_of(
+        mutated("docx"), st.binary(max_size=2000), _soup(HTML_TOKENS).map(lambda b: good_docx_body(b))
+    ),
     "pdf": lambda: st.one_of(mutated("pdf"), st.binary(max_size=2000).map(lambda b: b"%PDF-1.7\n" + b)),
-}  # fmt: skip
+    "csv": lambda: st.one_of(
+        mutated("csv"), st.binary(max_size=2000), _soup([",", ";", "\t", '"', "\n", "\r\n", "中文", "\x00"])
+    ),
+    "eml": lambda: st.one_of(
+        mutated("eml"),
+        st.binary(max_size=2000),
+        _soup(
+            [
+                "Subject: ",
+                "\n",
+                "Content-Type: multipart/mixed; boundary=b\n",
+                "--b\n",
+                "--b--",
+                "=?utf-8?b?",
+                "?=",
+                "charset=",
+                "base64",
+                "message/rfc822\n",
+                "filename=x.pdf",
+            ]
+        ),
+    ),
+    **{
+        k: (lambda k=k: st.one_of(mutated(k), st.binary(max_size=2000)))
+        for k in ("xlsx", "pptx", "epub", "image", "odt", "rtf")
+    },
+}
 
 
 def good_docx_body(xml: bytes) -> bytes:
@@ -128,6 +267,7 @@ def good_docx_body(xml: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- the checks
+
 
 class _Hang(Exception):
     pass
@@ -172,8 +312,17 @@ def _save(kind: str, data: bytes) -> Path:
 
 # Exception types that mean a bug in a loader (ours or the library's), not a file the parser rightly refused:
 # load_file turns any exception into LoadError("<format> parse error: <Type>: ..."), so they are found by name.
-_BUG_TYPES = ("IndexError", "TypeError", "AttributeError", "AssertionError", "ZeroDivisionError",
-              "UnboundLocalError", "NameError", "OSError", "SystemError")  # fmt: skip
+_BUG_TYPES = (
+    "IndexError",
+    "TypeError",
+    "AttributeError",
+    "AssertionError",
+    "ZeroDivisionError",
+    "UnboundLocalError",
+    "NameError",
+    "OSError",
+    "SystemError",
+)
 
 
 def check_inline(kind: str, data: bytes, save: bool = bool(LONG)) -> None:
@@ -198,7 +347,14 @@ def check_inline(kind: str, data: bytes, save: bool = bool(LONG)) -> None:
             raise
 
 
-_BAD_SANDBOX = ("internal error", "parser crashed", "timed out", "pdf parse error", "too much memory")
+_BAD_SANDBOX = (
+    "internal error",
+    "parser crashed",
+    "timed out",
+    "pdf parse error",
+    "image parse error",
+    "too much memory",
+)
 
 
 def check_sandboxed(sb: LoaderSandbox, kind: str, data: bytes, save: bool = bool(LONG)) -> None:
@@ -219,7 +375,9 @@ def check_sandboxed(sb: LoaderSandbox, kind: str, data: bytes, save: bool = bool
 # ---------------------------------------------------------------------------------------------- the targets
 
 
-@pytest.mark.parametrize("kind", ["text", "markdown", "html", "docx"])
+@pytest.mark.parametrize(
+    "kind", ["text", "markdown", "html", "docx", "csv", "eml", "xlsx", "pptx", "epub", "odt", "rtf"]
+)
 def test_fuzz_inline_loaders(kind):
     @FUZZ
     @given(STRATEGIES[kind]())
@@ -235,11 +393,20 @@ def pdf_sandbox():
         yield sb
 
 
-def test_fuzz_pdf(pdf_sandbox):
+@pytest.fixture(scope="module")
+def image_sandbox():
+    with LoaderSandbox(timeout=EXAMPLE_SECONDS * 3, memory_mb=2048) as sb:  # onnxruntime maps ~1.6 GB
+        yield sb
+
+
+@pytest.mark.parametrize("kind", ["pdf", "image"])
+def test_fuzz_sandboxed(request, kind):
+    sb = request.getfixturevalue(f"{kind}_sandbox")
+
     @FUZZ
-    @given(STRATEGIES["pdf"]())
+    @given(STRATEGIES[kind]())
     def run(data: bytes) -> None:
-        check_sandboxed(pdf_sandbox, "pdf", data)
+        check_sandboxed(sb, kind, data)
 
     run()
 
@@ -249,15 +416,20 @@ def _regression_files() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", _regression_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_regressions_replay(path, pdf_sandbox):
+def test_regressions_replay(path, request):
     kind = path.parent.name
+    pdf_sandbox = request.getfixturevalue("image_sandbox" if kind == "image" else "pdf_sandbox")
     data = path.read_bytes()
-    if kind == "pdf":
+    if kind in ("pdf", "image"):
         check_sandboxed(pdf_sandbox, kind, data, save=False)
     else:
         check_inline(kind, data, save=False)
     # and the whole path, through load_file in a worker, never reports a crash or stray exception
-    with contextlib.nullcontext(pdf_sandbox) if kind == "pdf" else LoaderSandbox(timeout=EXAMPLE_SECONDS) as sb:
+    with (
+        contextlib.nullcontext(pdf_sandbox)
+        if kind in ("pdf", "image")
+        else LoaderSandbox(timeout=EXAMPLE_SECONDS) as sb
+    ):
         try:
             sb.load(path)
         except LoadError as e:

@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 
 from docqa.generate.base import GenerationOptions, StreamDecoder, pick_next, sample_tokens  # noqa: E402
 
-
 # -- StreamDecoder ------------------------------------------------------------------------------------------------
 
 
@@ -118,16 +117,36 @@ def _tiny(kind: str):
 
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        cfg = LlamaConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
         model = LlamaForCausalLM(cfg)
     else:
         # sliding window of 4 < prompt length: exercises the sliding-attention layers as the demo model has them
-        cfg = Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
-                               layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
-                               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        cfg = Gemma3TextConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
         model = Gemma3ForCausalLM(cfg)
     with torch.no_grad():  # random init gives near-uniform logits; sharpen them so greedy has clear winners
         model.lm_head.weight.mul_(20)
@@ -135,9 +154,10 @@ def _tiny(kind: str):
 
 
 def _reference_greedy(model, prompt: list[int], n: int) -> list[int]:
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 PROMPT = [1, 5, 17, 33, 8, 60, 21, 44, 9, 12]

@@ -84,7 +84,9 @@ def chatglm2_gen(tmp_path_factory):
     gen = ChatGLM2Generator(ck, device="cpu", max_context=256)
     # the tiny model embeds only 1,024 ids while the real tokenizer makes ids up to 65k: fold them into range
     real_encode = gen.tokenizer.encode
-    gen.tokenizer.encode = lambda text, add_special_tokens=True: [i % 1024 for i in real_encode(text, add_special_tokens)]
+    gen.tokenizer.encode = lambda text, add_special_tokens=True: [
+        i % 1024 for i in real_encode(text, add_special_tokens)
+    ]
     return gen
 
 

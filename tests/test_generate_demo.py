@@ -64,8 +64,12 @@ def test_streams_text_for_a_completion_prompt(gen):
 
 
 def test_answers_from_a_passage_in_chat_messages(gen):
-    messages = [{"role": "user", "content": "Passage: Paris is the capital of France.\n\n"
-                                            "Question: What is the capital of France?"}]
+    messages = [
+        {
+            "role": "user",
+            "content": "Passage: Paris is the capital of France.\n\nQuestion: What is the capital of France?",
+        }
+    ]
     prompt = gen.render(messages)
     assert prompt.endswith("Answer:") and "Question: What is the capital" in prompt
     answer = gen.generate(messages, GREEDY)
@@ -74,9 +78,13 @@ def test_answers_from_a_passage_in_chat_messages(gen):
 
 
 def test_render_labels_bare_questions_and_history(gen):
-    prompt = gen.render([{"role": "user", "content": "What is dpkg?"},
-                         {"role": "assistant", "content": "A package tool."},
-                         {"role": "user", "content": "And apt?"}])
+    prompt = gen.render(
+        [
+            {"role": "user", "content": "What is dpkg?"},
+            {"role": "assistant", "content": "A package tool."},
+            {"role": "user", "content": "And apt?"},
+        ]
+    )
     assert prompt == "Question: What is dpkg?\n\nAnswer: A package tool.\n\nQuestion: And apt?\n\nAnswer:"
 
 

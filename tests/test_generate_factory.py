@@ -12,9 +12,18 @@ from docqa.config import Settings
 from docqa.errors import ConfigError, ModelError
 from docqa.generate import DEMO_NOTICE, get_generator, resolve_generator
 
-CHATGLM2_CONFIG = {"model_type": "chatglm", "num_layers": 2, "hidden_size": 64, "kv_channels": 16,
-                   "ffn_hidden_size": 128, "padded_vocab_size": 128, "num_attention_heads": 4,
-                   "multi_query_attention": True, "multi_query_group_num": 2, "seq_length": 256}
+CHATGLM2_CONFIG = {
+    "model_type": "chatglm",
+    "num_layers": 2,
+    "hidden_size": 64,
+    "kv_channels": 16,
+    "ffn_hidden_size": 128,
+    "padded_vocab_size": 128,
+    "num_attention_heads": 4,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "seq_length": 256,
+}
 
 
 @pytest.fixture
@@ -33,8 +42,14 @@ def no_local_chatglm2(tmp_path) -> str:
     return str(empty)
 
 
-def test_auto_without_checkpoint_is_demo(no_local_chatglm2):
-    assert resolve_generator(Settings(chatglm2_path=no_local_chatglm2)) == ("demo", "gemma-3-270m")
+def test_auto_without_checkpoint_is_extractive(no_local_chatglm2):
+    assert resolve_generator(Settings(chatglm2_path=no_local_chatglm2)) == ("extractive", "extractive")
+    assert resolve_generator(Settings(llm="extractive", chatglm2_path=no_local_chatglm2)) == (
+        "extractive",
+        "extractive",
+    )
+    gen = get_generator(Settings(chatglm2_path=no_local_chatglm2))
+    assert gen.name == "extractive" and not gen.is_chat_model
 
 
 def test_auto_with_local_checkpoint_is_chatglm2(ckpt):
@@ -49,7 +64,7 @@ def test_checkpoint_found_in_the_hf_cache_setting(ckpt, tmp_path):
     (snap / "tokenizer.model").write_bytes(b"")
     (snap / "model.safetensors").write_bytes(b"")
     assert resolve_generator(Settings(hf_cache=tmp_path / "hub")) == ("chatglm2", str(snap))
-    assert resolve_generator(Settings(hf_cache=tmp_path / "nowhere")) == ("demo", "gemma-3-270m")
+    assert resolve_generator(Settings(hf_cache=tmp_path / "nowhere")) == ("extractive", "extractive")
 
 
 def test_url_means_openai_unless_llm_is_explicit(ckpt):
@@ -99,9 +114,16 @@ def test_get_generator_chatglm2_goes_to_its_loader(ckpt):
         get_generator(Settings(llm=str(ckpt)))
 
 
-def test_demo_notice_says_how_to_switch():
-    assert "\n" not in DEMO_NOTICE
-    assert "--model" in DEMO_NOTICE and "DOCQA_LLM" in DEMO_NOTICE and "ChatGLM2-6B" in DEMO_NOTICE
+def test_notice_says_what_the_user_gets_and_how_to_switch(no_local_chatglm2):
+    from docqa.generate import NOTICES, notice
+
+    for line in NOTICES.values():
+        assert "\n" not in line and "--model" in line and "--llm-url" in line
+    assert "quote" in NOTICES["extractive"] and "DOCQA_LLM" in NOTICES["extractive"]
+    assert notice(Settings(chatglm2_path=no_local_chatglm2)) == NOTICES["extractive"]  # auto fell back: say so
+    assert notice(Settings(llm="extractive")) is None  # asked for by name: nothing to explain
+    assert notice(Settings(llm="demo")) == DEMO_NOTICE == NOTICES["demo"]
+    assert notice(Settings(llm_url="http://127.0.0.1:9/v1")) is None
 
 
 def test_import_is_light():

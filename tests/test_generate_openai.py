@@ -40,8 +40,14 @@ class FakeServer:
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
-                server.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers),
-                                        "body": json.loads(self.rfile.read(length))})
+                server.requests.append(
+                    {
+                        "method": "POST",
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": json.loads(self.rfile.read(length)),
+                    }
+                )
                 if server.status >= 400:
                     body = b'{"error": {"message": "model exploded"}}'
                     self.send_response(server.status)
@@ -86,15 +92,23 @@ def server():
 
 
 def test_url_forms():
-    for url in ("http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/",
-                "http://h:8000/v1/chat/completions"):
+    for url in (
+        "http://h:8000",
+        "http://h:8000/",
+        "http://h:8000/v1",
+        "http://h:8000/v1/",
+        "http://h:8000/v1/chat/completions",
+    ):
         assert chat_completions_url(url) == "http://h:8000/v1/chat/completions"
 
 
 def test_streams_pieces_and_sends_the_request_as_given(server):
     gen = OpenAIGenerator(server.url + "/v1", model="chatglm2-6b", api_key="sk-test", context_length=4096)
-    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                {"role": "user", "content": "你好"}]
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "你好"},
+    ]
     opts = GenerationOptions(max_new_tokens=42, temperature=0.7, top_p=0.9)
     pieces = list(gen.stream(messages, opts))
     assert pieces == ["Hello", ", ", "世界", "!"]  # role-only and empty deltas skipped, nothing after [DONE]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile import build_hostile_folder
 
 from docqa.config import Settings
 from docqa.errors import LoadError
@@ -20,8 +21,6 @@ from docqa.ingest import ingest
 from docqa.load.sandbox import LoaderSandbox
 from docqa.retrieve import Retriever
 from docqa.store import KnowledgeBase
-
-from hostile import build_hostile_folder
 
 TESTS = Path(__file__).resolve().parent
 
@@ -34,8 +33,9 @@ def hostile(tmp_path_factory):
 
 def test_hostile_folder_ingest(hostile, tmp_path, embedder):
     folder, cases = hostile
-    s = Settings(index=tmp_path / "kb", file_timeout=20, file_memory_mb=1024, max_file_mb=100,
-                 sessions_dir=tmp_path / "sessions")  # fmt: skip
+    s = Settings(
+        index=tmp_path / "kb", file_timeout=20, file_memory_mb=1024, max_file_mb=100, sessions_dir=tmp_path / "sessions"
+    )
     t = time.perf_counter()
     report = ingest([folder], s, embedder)
     took = time.perf_counter() - t
@@ -89,8 +89,9 @@ def _drop_dac_capabilities() -> None:
 
 
 def _can_drop() -> bool:
-    r = subprocess.run([sys.executable, "-c", "import sys; sys.exit(0)"], preexec_fn=_drop_dac_capabilities,
-                       capture_output=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.exit(0)"], preexec_fn=_drop_dac_capabilities, capture_output=True
+    )
     return r.returncode == 0
 
 
@@ -110,14 +111,21 @@ def test_unreadable_file_is_reported_not_fatal(tmp_path):
     (docs / "secret.txt").write_text("not for you\n")
     os.chmod(docs / "secret.txt", 0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "1000"}
-    r = subprocess.run([sys.executable, str(TESTS / "fakeembed.py"), "ingest", str(docs), "--index",
-                        str(tmp_path / "kb"), "--json"], capture_output=True, text=True, timeout=120, env=env,
-                       preexec_fn=drop)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(TESTS / "fakeembed.py"), "ingest", str(docs), "--index", str(tmp_path / "kb"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        preexec_fn=drop,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     rep = json.loads(r.stdout)
     assert rep["added"] == 1
     assert [(os.path.basename(f["path"]), f["reason"]) for f in rep["failed"]] in (
-        [("secret.txt", "permission denied")], [("secret.txt", "cannot read: Permission denied")])
+        [("secret.txt", "permission denied")],
+        [("secret.txt", "cannot read: Permission denied")],
+    )
     os.chmod(docs / "secret.txt", 0o644)
 
 
@@ -132,8 +140,9 @@ def test_200mb_text_file_at_default_limits(tmp_path):
     line = b"The quick brown fox jumps over the lazy dog while the kernel mounts a filesystem.\n"
     p.write_bytes(line * ((200 << 20) // len(line)))
     peak = 0
-    with LoaderSandbox(timeout=Settings.file_timeout, memory_mb=Settings.file_memory_mb,
-                       max_file_mb=Settings.max_file_mb) as sb:  # fmt: skip
+    with LoaderSandbox(
+        timeout=Settings.file_timeout, memory_mb=Settings.file_memory_mb, max_file_mb=Settings.max_file_mb
+    ) as sb:
         stop = threading.Event()
 
         def watch() -> None:
@@ -158,6 +167,7 @@ def test_200mb_text_file_at_default_limits(tmp_path):
         finally:
             stop.set()
             th.join()
-    print(f"200 MB text at default limits: {outcome} in {time.perf_counter() - t:.1f}s, worker peak RSS "
-          f"{peak >> 20} MB")
+    print(
+        f"200 MB text at default limits: {outcome} in {time.perf_counter() - t:.1f}s, worker peak RSS {peak >> 20} MB"
+    )
     assert peak < Settings.file_memory_mb << 20

@@ -74,13 +74,13 @@ def test_hidden_symlinks_and_fifos_are_skipped(tmp_path, docs_dir, settings, emb
     os.symlink(outside, docs_dir / "link.txt")
     os.symlink(docs_dir, docs_dir / "loop")
     os.mkfifo(docs_dir / "pipe.txt")
-    (docs_dir / "image.png").write_bytes(b"\x89PNG....")
+    (docs_dir / "song.mp3").write_bytes(b"ID3....")
     files, skipped, roots = collect_files([docs_dir])
     names = sorted(p.name for p, _ in files)
     assert names == ["fstab.txt", "tar.txt", "venv.md"]
     reasons = {os.path.basename(p): why for p, why in skipped}
     assert "symlink" in reasons["link.txt"] and "symlink" in reasons["loop"]
-    assert "regular" in reasons["pipe.txt"] and "unsupported" in reasons["image.png"]
+    assert "regular" in reasons["pipe.txt"] and "unsupported" in reasons["song.mp3"]
     # following symlinks still never leaves the folder nor loops
     files, skipped, _ = collect_files([docs_dir], follow_symlinks=True)
     assert sorted(p.name for p, _ in files) == ["fstab.txt", "tar.txt", "venv.md"]

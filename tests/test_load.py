@@ -78,8 +78,19 @@ def make_docx(path: Path) -> Path:
 
 
 def test_supported_suffixes_and_unknown_type(tmp_path: Path) -> None:
-    assert {".pdf", ".md", ".markdown", ".txt", ".rst", ".log", ".html", ".htm", ".xhtml", ".docx"} <= SUPPORTED_SUFFIXES
-    assert is_supported(Path("a/B.PDF")) and is_supported(Path("README")) and not is_supported(Path("x.jpg"))
+    assert {
+        ".pdf",
+        ".md",
+        ".markdown",
+        ".txt",
+        ".rst",
+        ".log",
+        ".html",
+        ".htm",
+        ".xhtml",
+        ".docx",
+    } <= SUPPORTED_SUFFIXES
+    assert is_supported(Path("a/B.PDF")) and is_supported(Path("README")) and not is_supported(Path("x.mp3"))
     f = tmp_path / "photo.xyz"
     f.write_bytes(b"abc")
     with pytest.raises(LoadError, match=r"unsupported file type \.xyz"):
@@ -125,8 +136,14 @@ def test_pdf_named_txt_is_loaded_as_pdf(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("encoding", "expected"),
-    [("utf-8", "utf-8"), ("utf-8-sig", "utf-8-sig"), ("utf-16", "utf-16-le"), ("utf-16-be", None),
-     ("gb18030", "gb18030"), ("gbk", "gb18030")],
+    [
+        ("utf-8", "utf-8"),
+        ("utf-8-sig", "utf-8-sig"),
+        ("utf-16", "utf-16-le"),
+        ("utf-16-be", None),
+        ("gb18030", "gb18030"),
+        ("gbk", "gb18030"),
+    ],
 )
 def test_text_encodings_chinese(tmp_path: Path, encoding: str, expected: str | None) -> None:
     text = "Title line\n" + ZH + "\nEnd."
@@ -164,7 +181,7 @@ def test_rst_sections(tmp_path: Path) -> None:
     f.write_text("=====\nGuide\n=====\n\nIntro\n-----\nHello.\n\nUsage\n-----\nRun it.\n")
     doc = load_file(f)
     assert [s.path for s in doc.sections] == [("Guide",), ("Guide", "Intro"), ("Guide", "Usage")]
-    assert doc.text[doc.sections[2].start:].startswith("Usage")
+    assert doc.text[doc.sections[2].start :].startswith("Usage")
 
 
 # ---------------------------------------------------------------- markdown
@@ -187,14 +204,18 @@ def test_markdown_headings_setext_and_fences(tmp_path: Path) -> None:
     assert doc.text == md  # kept as written: it is displayed too
     paths = [s.path for s in doc.sections]
     assert paths == [
-        ("Guide",), ("Guide", "Install pkg now"), ("Guide", "Setext Two"), ("第二章",), ("第二章", "深入"),
+        ("Guide",),
+        ("Guide", "Install pkg now"),
+        ("Guide", "Setext Two"),
+        ("第二章",),
+        ("第二章", "深入"),
     ]
     assert doc.metadata["title"] == "Front"
     assert doc.section_at(md.index("echo hi")) == ("Guide",)
     assert doc.section_at(md.index("Intro text")) == ()
     assert doc.section_at(md.index(ZH_LINES[1])) == ("第二章",)
     for s in doc.sections:
-        assert md[s.start:].lstrip("# ").startswith(s.path[-1][:2])
+        assert md[s.start :].lstrip("# ").startswith(s.path[-1][:2])
 
 
 def test_markdown_thematic_break_is_not_a_heading() -> None:
@@ -206,11 +227,14 @@ def test_markdown_thematic_break_is_not_a_heading() -> None:
 
 
 def test_pdf_pages_and_outline(tmp_path: Path) -> None:
-    f = make_pdf(tmp_path / "m.pdf", [
-        ([(0, "Chapter One"), (1, "Background")], "Alpha paragraph about the first topic."),
-        ([(1, "Details")], "Beta paragraph with details."),
-        ([(0, "Chapter Two")], "Gamma paragraph closes the manual."),
-    ])
+    f = make_pdf(
+        tmp_path / "m.pdf",
+        [
+            ([(0, "Chapter One"), (1, "Background")], "Alpha paragraph about the first topic."),
+            ([(1, "Details")], "Beta paragraph with details."),
+            ([(0, "Chapter Two")], "Gamma paragraph closes the manual."),
+        ],
+    )
     doc = load_file(f)
     assert [p.number for p in doc.pages] == [1, 2, 3]
     assert doc.page_at(doc.text.index("Alpha")) == 1
@@ -219,7 +243,10 @@ def test_pdf_pages_and_outline(tmp_path: Path) -> None:
     assert "first topic" in doc.text  # pdfium keeps inter-word spaces
     assert "\r" not in doc.text
     assert [s.path for s in doc.sections] == [
-        ("Chapter One",), ("Chapter One", "Background"), ("Chapter One", "Details"), ("Chapter Two",),
+        ("Chapter One",),
+        ("Chapter One", "Background"),
+        ("Chapter One", "Details"),
+        ("Chapter Two",),
     ]
     assert doc.section_at(doc.text.index("Alpha")) == ("Chapter One", "Background")
     assert doc.section_at(doc.text.index("Beta")) == ("Chapter One", "Details")
@@ -228,8 +255,9 @@ def test_pdf_pages_and_outline(tmp_path: Path) -> None:
 
 
 def test_pdf_chinese(tmp_path: Path) -> None:
-    f = make_pdf(tmp_path / "zh.pdf", [([(0, "第一章 简介")], ZH_LINES[0]), ([(0, "第二章 安装")], ZH_LINES[1])],
-                 zh=True)
+    f = make_pdf(
+        tmp_path / "zh.pdf", [([(0, "第一章 简介")], ZH_LINES[0]), ([(0, "第二章 安装")], ZH_LINES[1])], zh=True
+    )
     doc = load_file(f)
     flat = "".join(doc.text.split())
     assert "".join(ZH_LINES[0].split()) in flat and "".join(ZH_LINES[1].split()) in flat
@@ -302,26 +330,40 @@ def test_html_text_blocks_and_sections(tmp_path: Path) -> None:
     f = tmp_path / "p.html"
     f.write_text(HTML.replace("{zh}", ZH_LINES[0]), encoding="utf-8")
     doc = load_file(f)
-    for junk in ("SCRIPTTEXT", "color:red", "SITE HEADER", "NAVLINK", "SIDEBAR", "FOOTER TEXT", "NOSCRIPT",
-                 "HIDDEN", "Doc Page"):
+    for junk in (
+        "SCRIPTTEXT",
+        "color:red",
+        "SITE HEADER",
+        "NAVLINK",
+        "SIDEBAR",
+        "FOOTER TEXT",
+        "NOSCRIPT",
+        "HIDDEN",
+        "Doc Page",
+    ):
         assert junk not in doc.text, junk
     assert doc.metadata["title"] == "Doc Page"
     assert "Firstbold paragraph with spaces.\n\nSecond paragraph." in doc.text
     assert "Run the installer.\nThen reboot." in doc.text  # blocks are separate lines, not glued
     assert "Name | Value\na | 1" in doc.text
-    assert [s.path for s in doc.sections] == [("Getting Started",), ("Getting Started", "Install"),
-                                              ("Getting Started", "中文部分")]
+    assert [s.path for s in doc.sections] == [
+        ("Getting Started",),
+        ("Getting Started", "Install"),
+        ("Getting Started", "中文部分"),
+    ]
     assert doc.section_at(doc.text.index("Then reboot")) == ("Getting Started", "Install")
     assert doc.section_at(doc.text.index(ZH_LINES[0])) == ("Getting Started", "中文部分")
     for s in doc.sections:
-        assert doc.text[s.start:].startswith(s.path[-1])
+        assert doc.text[s.start :].startswith(s.path[-1])
 
 
 @pytest.mark.parametrize("declared", ["gb2312", "gbk", "GB18030"])
 def test_html_gb_encoded_page(tmp_path: Path, declared: str) -> None:
     # 镕 is GBK-only: a page that says gb2312 but uses GBK characters must still decode.
-    body = f"<html><head><meta http-equiv=Content-Type content='text/html; charset={declared}'>" \
-           f"<title>中文页面</title></head><body><h1>简介</h1><p>{ZH_LINES[0]}朱镕基</p></body></html>"
+    body = (
+        f"<html><head><meta http-equiv=Content-Type content='text/html; charset={declared}'>"
+        f"<title>中文页面</title></head><body><h1>简介</h1><p>{ZH_LINES[0]}朱镕基</p></body></html>"
+    )
     f = tmp_path / "gb.htm"
     f.write_bytes(body.encode("gb18030"))
     doc = load_file(f)
@@ -345,12 +387,15 @@ def test_docx_headings_and_tables(tmp_path: Path) -> None:
     assert "Component | Version\nPython | 3.11" in doc.text
     assert doc.text.index("This manual") < doc.text.index("Component") < doc.text.index(ZH_LINES[1])
     assert [s.path for s in doc.sections] == [
-        ("Project Manual",), ("Introduction",), ("Introduction", "Requirements"), ("安装",),
+        ("Project Manual",),
+        ("Introduction",),
+        ("Introduction", "Requirements"),
+        ("安装",),
     ]
     assert doc.section_at(doc.text.index("Python | 3.11")) == ("Introduction", "Requirements")
     assert doc.section_at(doc.text.index(ZH_LINES[1])) == ("安装",)
     for s in doc.sections:
-        assert doc.text[s.start:].startswith(s.path[-1])
+        assert doc.text[s.start :].startswith(s.path[-1])
 
 
 def test_docx_outline_level_paragraph(tmp_path: Path) -> None:
@@ -410,7 +455,7 @@ def test_docx_entity_bomb_rejected(tmp_path: Path) -> None:
     src = make_docx(tmp_path / "m.docx")
     with zipfile.ZipFile(src) as z:
         xml = z.read("word/document.xml").decode("utf-8")
-    lol = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">' for i in range(1, 10)]
+    lol = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)]
     root = xml.index("<w:document")
     evil = xml[:root] + "<!DOCTYPE w:document [" + "".join(lol) + "]>" + xml[root:]
     evil = evil.replace("This manual explains the installation.", "&lol9;")
@@ -422,7 +467,6 @@ def test_docx_entity_bomb_rejected(tmp_path: Path) -> None:
 def test_python_docx_parser_does_not_expand_entities() -> None:
     """Defence in depth: even past our DTD check, python-docx's parser must not resolve entities."""
     from docx.oxml.parser import oxml_parser
-
     from lxml import etree
 
     xml = b'<!DOCTYPE r [<!ENTITY a "AAAAAAAAAA"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><r>&b;</r>'
@@ -470,5 +514,8 @@ def test_html_br_and_pre(tmp_path: Path) -> None:
 def test_pdfium_hyphenation_marks_rejoin_words():
     from docqa.load.pdf import clean_page_text
 
-    assert clean_page_text("Users can se\x02lect which pack\x02\r\nages to install") == "Users can select which packages to install"
+    assert (
+        clean_page_text("Users can se\x02lect which pack\x02\r\nages to install")
+        == "Users can select which packages to install"
+    )
     assert clean_page_text("a well-known\r\nfact") == "a well-known\nfact"

@@ -52,7 +52,7 @@ def test_load_errors_cross_the_pipe_and_worker_survives(sandbox: LoaderSandbox, 
         sandbox.load(binary)
     pid = sandbox.worker_pid
     with pytest.raises(LoadError, match="unsupported file type"):
-        sandbox.load(_file(tmp_path, "x.jpg", "x"))
+        sandbox.load(_file(tmp_path, "x.mp3", "x"))
     assert sandbox.load(_file(tmp_path, "ok.txt", "fine")).text == "fine"
     assert sandbox.worker_pid == pid and sandbox.restarts == 0
 

@@ -29,27 +29,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakeembed import HashEmbedder
 
 from docqa.errors import StoreCorruptError, StoreError
 from docqa.store import DB_NAME, MANIFEST_NAME, DocumentInfo, KnowledgeBase
 
-from fakeembed import HashEmbedder
-
 TESTS = Path(__file__).resolve().parent
 FAKE = TESTS / "fakeembed.py"
 PY = sys.executable
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "COLUMNS": "1000"}  # Rich wraps messages at the terminal width: one line each, please
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "COLUMNS": "1000",
+}  # Rich wraps messages at the terminal width: one line each, please
 ENV.pop("DOCQA_TEST_CRASH", None)
-WORDS = ("kernel package install network filesystem mount archive python venv module socket editor shell "
-         "process memory signal thread daemon service config backup restore compile library cache").split()  # fmt: skip
+WORDS = (
+    "kernel package install network filesystem mount archive python venv module socket editor shell "
+    "process memory signal thread daemon service config backup restore compile library cache"
+).split()
 
 
 def docqa(*args, real: bool = False, timeout: float = 120, env: dict | None = None, cwd=None):
     """Run `docqa ARGS` (fake embedder unless `real`) and return the CompletedProcess; a hang fails the test."""
     cmd = [PY, "-m", "docqa"] if real else [PY, str(FAKE)]
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          env=env or ENV, cwd=cwd)  # fmt: skip
+    return subprocess.run(
+        cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env or ENV, cwd=cwd
+    )
 
 
 # ---------------------------------------------------------------------------------------------- a versioned corpus
@@ -83,8 +90,13 @@ class Corpus:
         if sha not in self._chunks:
             scratch = self.root.parent / "scratch.txt"
             scratch.write_text(self.contents[sha])
-            chunks = chunk_document(load_file(scratch), self.emb.count_tokens, self.s.chunk_tokens,
-                                    self.s.chunk_overlap, self.emb.max_tokens - 2)  # fmt: skip
+            chunks = chunk_document(
+                load_file(scratch),
+                self.emb.count_tokens,
+                self.s.chunk_tokens,
+                self.s.chunk_overlap,
+                self.emb.max_tokens - 2,
+            )
             self._chunks[sha] = [c.text for c in chunks]
         return self._chunks[sha]
 
@@ -127,8 +139,10 @@ class Corpus:
         except StoreCorruptError as e:
             # killed while creating the knowledge base, before its first commit or before its first manifest:
             # a clear error, and the next ingest completes the creation
-            assert ("not an initialised knowledge base" in str(e) or "manifest.json is missing; run `docqa rebuild`"
-                    in str(e)) and not complete, e  # fmt: skip
+            assert (
+                "not an initialised knowledge base" in str(e)
+                or "manifest.json is missing; run `docqa rebuild`" in str(e)
+            ) and not complete, e
             return 0
         with kb:
             errors = [m for level, m in kb.verify() if level == "error"]
@@ -174,7 +188,9 @@ def crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int, real: bool =
         from docqa.embed import get_embedder
 
         emb = get_embedder()  # its tokenizer decides the chunks (the network itself is not loaded here)
-    corpus = Corpus(tmp_path / "docs", n_files, seed, max_words=1250, embedder=emb if real else None)  # ~4 chunks a file
+    corpus = Corpus(
+        tmp_path / "docs", n_files, seed, max_words=1250, embedder=emb if real else None
+    )  # ~4 chunks a file
     kb = tmp_path / "kb"
     rng = random.Random(seed)
     cmd = ([PY, "-m", "docqa"] if real else [PY, str(FAKE)]) + ["ingest", str(corpus.root), "--index", str(kb)]
@@ -199,7 +215,8 @@ def crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int, real: bool =
             with contextlib.suppress(StoreCorruptError, sqlite3.Error), KnowledgeBase.open(kb) as k:
                 g = k.generation  # a FAISS file past the committed generation: killed inside a commit
                 stats["kills inside a commit (uncommitted FAISS file left)"] += any(
-                    int(f.name.split(".")[1]) > g for f in kb.glob("vectors.*.faiss*"))  # fmt: skip
+                    int(f.name.split(".")[1]) > g for f in kb.glob("vectors.*.faiss*")
+                )
             stats["kills after a commit in that run"] += commits > 0
             stats["kills before the plan (start-up)"] += " to load" not in out
             stats["commits before kills"] += commits
@@ -242,8 +259,9 @@ def test_crash_loop_many_kills(tmp_path):
 @pytest.mark.slow
 def test_crash_loop_real_model(tmp_path):
     """The real `python -m docqa ingest` (model loaded each time), killed at random moments."""
-    stats = crash_loop(tmp_path, kills=int(os.environ.get("DOCQA_CRASH_KILLS_REAL", 20)), n_files=300, seed=3,
-                       real=True)  # fmt: skip
+    stats = crash_loop(
+        tmp_path, kills=int(os.environ.get("DOCQA_CRASH_KILLS_REAL", 20)), n_files=300, seed=3, real=True
+    )
     print(stats)
     assert stats["kills after a commit in that run"] >= 1 or stats["kills"] < 10
 
@@ -256,8 +274,13 @@ def test_kill_at_each_commit_step(tmp_path, point):
     """A kill pinned to each step of the commit protocol (N=1 is the knowledge base's creation)."""
     corpus = Corpus(tmp_path / "docs", 1100, seed=4, max_words=40)  # one chunk per file: commits of 512
     kb = tmp_path / "kb"
-    r = subprocess.run([PY, str(FAKE), "ingest", corpus.root, "--index", kb], capture_output=True, text=True,
-                       env={**ENV, "DOCQA_TEST_CRASH": point}, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [PY, str(FAKE), "ingest", corpus.root, "--index", kb],
+        capture_output=True,
+        text=True,
+        env={**ENV, "DOCQA_TEST_CRASH": point},
+        timeout=120,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     committed = r.stderr.count("committed ")
     n = corpus.check(kb)
@@ -273,7 +296,9 @@ def test_kill_at_each_commit_step(tmp_path, point):
         assert k.verify() == []
         gen = k.generation
     # orphans of the crash are gone; only the current generation and the one before are kept
-    assert sorted(p.name for p in kb.glob("vectors.*")) == [f"vectors.{gen - 1}.faiss", f"vectors.{gen}.faiss"], leftovers
+    assert sorted(p.name for p in kb.glob("vectors.*")) == [f"vectors.{gen - 1}.faiss", f"vectors.{gen}.faiss"], (
+        leftovers
+    )
 
 
 # ---------------------------------------------------------------------------------------------- verify / rebuild
@@ -349,16 +374,20 @@ def test_verify_wrong_vector_size(tmp_path):
 
 
 def test_verify_faiss_file_of_another_dimension(tmp_path):
-    import faiss
     import zlib
+
+    import faiss
 
     kb = _small_kb(tmp_path / "kb")
     with KnowledgeBase.open(kb) as k:
         gen = k.generation
     blob = faiss.serialize_index(faiss.IndexIDMap2(faiss.IndexFlatIP(DIM * 2))).tobytes()
     (kb / f"vectors.{gen}.faiss").write_bytes(blob)
-    _raw(kb, f"UPDATE meta SET value = '{len(blob)}' WHERE key = 'faiss_size'",
-         f"UPDATE meta SET value = '{zlib.crc32(blob)}' WHERE key = 'faiss_crc32'")  # fmt: skip
+    _raw(
+        kb,
+        f"UPDATE meta SET value = '{len(blob)}' WHERE key = 'faiss_size'",
+        f"UPDATE meta SET value = '{zlib.crc32(blob)}' WHERE key = 'faiss_crc32'",
+    )
     assert any(f"has dimension {DIM * 2}, expected {DIM}" in e for e in _errors(kb))
     _rebuild(kb)
     assert _errors(kb) == []
@@ -487,8 +516,13 @@ def kb_with_wal(tmp_path_factory):
     root = tmp_path_factory.mktemp("wal")
     Corpus(root / "docs", 600, seed=8, max_words=40)  # one chunk per file: commits of 512 and 88
     kb = root / "kb"
-    r = subprocess.run([PY, str(FAKE), "ingest", root / "docs", "--index", kb], capture_output=True, text=True,
-                       env={**ENV, "DOCQA_TEST_CRASH": "manifest_written:3"}, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [PY, str(FAKE), "ingest", root / "docs", "--index", kb],
+        capture_output=True,
+        text=True,
+        env={**ENV, "DOCQA_TEST_CRASH": "manifest_written:3"},
+        timeout=120,
+    )
     assert r.returncode == -signal.SIGKILL
     assert (kb / (DB_NAME + "-wal")).stat().st_size > 0
     return root
@@ -527,8 +561,12 @@ def test_damaged_wal_via_cli(tmp_path, kb_with_wal, how):
 def test_second_ingest_fails_fast_and_readers_see_only_commits(tmp_path):
     corpus = Corpus(tmp_path / "docs", 1600, seed=10, max_words=40)  # one chunk per file: 4 commits
     kb = tmp_path / "kb"
-    writer = subprocess.Popen([PY, str(FAKE), "ingest", corpus.root, "--index", kb], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
+    writer = subprocess.Popen(
+        [PY, str(FAKE), "ingest", corpus.root, "--index", kb],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (kb / MANIFEST_NAME).exists():  # created: from here on every state is a committed one
@@ -573,8 +611,10 @@ def test_second_ingest_fails_fast_and_readers_see_only_commits(tmp_path):
         assert writer.wait() == 0
         assert len(generations) >= 3, generations  # the reads spanned several commits
         assert cli_results and all(x.returncode == 0 for x in cli_results), [x.stderr for x in cli_results][-1:]
-        print(f"second ingest refused in {second_ingest_s:.2f}s; {reads} snapshot reads over generations "
-              f"{sorted(generations)}; {len(cli_results)} CLI searches")
+        print(
+            f"second ingest refused in {second_ingest_s:.2f}s; {reads} snapshot reads over generations "
+            f"{sorted(generations)}; {len(cli_results)} CLI searches"
+        )
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -655,7 +695,9 @@ def test_faiss_rename_error_keeps_previous_state(tmp_path, monkeypatch, err):
 
         monkeypatch.setattr(store.os, "replace", failing)
         words = "the disk is full" if err == errno.ENOSPC else "Input/output error"
-        with pytest.raises(StoreError, match=f"could not write vectors.2.faiss: {words}; the knowledge base is unchanged"):
+        with pytest.raises(
+            StoreError, match=f"could not write vectors.2.faiss: {words}; the knowledge base is unchanged"
+        ):
             _put(kb, "/d/b.txt", seed=1)
         monkeypatch.setattr(store.os, "replace", real)
     assert not list(path.glob("*.tmp")) and not (path / "vectors.2.faiss").exists()
@@ -681,8 +723,9 @@ def test_manifest_write_error_keeps_the_new_state(tmp_path, monkeypatch):
         monkeypatch.setattr(store, "write_atomic", real)
     with KnowledgeBase.open(path) as kb:  # readers accept a manifest one commit behind
         assert [d.path for d in kb.documents()] == ["/d/a.txt", "/d/b.txt"]
-        assert kb.verify() == [("warning", "manifest.json lags one commit behind (interrupted commit; repaired by "
-                                           "the next write)")]  # fmt: skip
+        assert kb.verify() == [
+            ("warning", "manifest.json lags one commit behind (interrupted commit; repaired by the next write)")
+        ]
     KnowledgeBase.open(path, writable=True).close()
     with KnowledgeBase.open(path) as kb:
         assert kb.verify() == []

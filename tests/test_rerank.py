@@ -19,8 +19,16 @@ def tiny_cross_encoder(tmp_path_factory):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8")
     tok = BertTokenizer(str(vocab))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=1, initializer_range=0.5)  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=len(WORDS) + 5,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=1,
+        initializer_range=0.5,
+    )
     model = BertForSequenceClassification(cfg).eval()
     model.save_pretrained(d)
     tok.save_pretrained(d)
@@ -36,8 +44,13 @@ def test_order_follows_model_scores(tiny_cross_encoder):
 
     path, model, tok = tiny_cross_encoder
     query = "how do i sort a list"
-    texts = ["sort a list in reverse order", "tar extract archive files", "python venv create",
-             "the list of files", "reverse the order of the archive"]  # fmt: skip
+    texts = [
+        "sort a list in reverse order",
+        "tar extract archive files",
+        "python venv create",
+        "the list of files",
+        "reverse the order of the archive",
+    ]
     with torch.no_grad():
         enc = tok([query] * len(texts), texts, padding=True, return_tensors="pt")
         expected = model(**enc).logits[:, 0].tolist()

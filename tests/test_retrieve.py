@@ -24,7 +24,9 @@ EN_DUP = (
     "function and a reverse flag; reverse=True sorts from largest to smallest while keeping the sort stable."
 )
 LONG = "\n\n".join(
-    f"Paragraph {i}. " + " ".join(f"filler{i}x{j}" for j in range(30)) + (" The secret word is zebracorn." if i == 6 else "")
+    f"Paragraph {i}. "
+    + " ".join(f"filler{i}x{j}" for j in range(30))
+    + (" The secret word is zebracorn." if i == 6 else "")
     for i in range(12)
 )
 
@@ -37,7 +39,9 @@ def kb_dir(tmp_path_factory, embedder):
     for name, text in ZH_DOCS.items():
         (docs / name).write_text(text, encoding="utf-8")
     (docs / "sorting.md").write_text("# Sorting\n\n" + EN_DUP + "\n", encoding="utf-8")
-    (docs / "sorting-copy.html").write_text(f"<html><body><h1>Sorting</h1><p>{EN_DUP}</p></body></html>", encoding="utf-8")
+    (docs / "sorting-copy.html").write_text(
+        f"<html><body><h1>Sorting</h1><p>{EN_DUP}</p></body></html>", encoding="utf-8"
+    )
     (docs / "long.txt").write_text(LONG, encoding="utf-8")
     s = Settings(index=root / "kb", chunk_tokens=64, chunk_overlap=16, file_timeout=30)
     report = ingest([docs], s, embedder=embedder)
@@ -79,76 +83,36 @@ def test_hybrid_never_worse_than_bm25_for_chinese(retriever, question, needle):
     assert bm25 <= 5 and hybrid <= bm25
 
 
-class _FakeIndex:
-    """Stands in for the store's VectorIndex: reconstruct(id) -> stored vector, KeyError when absent."""
-
-    def __init__(self, vectors):
-        self.vectors = vectors
-
-    def reconstruct(self, cid):
-        if cid not in self.vectors:
-            raise KeyError(cid)
-        return self.vectors[cid]
-
-
-class _FakeKB:
-    def __init__(self, vectors):
-        self.index = _FakeIndex(vectors)
-
-
-def _feedback_case(vectors, bm25):
-    """Run Retriever._feedback over BM25-only candidates (as for a Chinese question) and return the new order."""
-    import numpy as np
-
-    from docqa.retrieve import _Candidate
-
-    r = Retriever(_FakeKB({k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}), None, Settings())
-    ranked = [_Candidate(cid, bm25=s, bm25_rank=i, fused=1.0 / (61 + i)) for i, (cid, s) in enumerate(bm25)]
-    before = [c.fused for c in ranked]
-    r._feedback(ranked, bm25)
-    assert [c.fused for c in ranked] == before  # passages take over the scores of their new places
-    return ranked
-
-
-def test_feedback_lifts_passages_that_agree_with_the_top_bm25_matches():
-    from docqa.fusion import FEEDBACK_DEPTH
-
-    on, off = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
-    vectors = {1: on, 2: on, 3: on, 4: off, 5: [0.9, 0.1, 0.0]}
-    # 5 is about what the top three are about; 4 scores a little higher on BM25 but is about something else
-    ranked = _feedback_case(vectors, [(1, 10.0), (2, 9.0), (3, 8.0), (4, 7.9), (5, 7.8)])
-    order = [c.chunk_id for c in ranked]
-    assert order.index(5) < order.index(4) and order[0] == 1
-    assert ranked[order.index(4)].feedback == pytest.approx(0.0, abs=1e-6)
-    # only the first FEEDBACK_DEPTH are re-ordered: a passage below them stays where BM25 put it
-    many = [(i, 20.0 - i) for i in range(1, FEEDBACK_DEPTH + 1)] + [(99, 5.0)]
-    vecs = {i: off for i in range(1, FEEDBACK_DEPTH + 1)} | {1: on, 2: on, 3: on, 99: on}
-    ranked = _feedback_case(vecs, many)
-    assert ranked[-1].chunk_id == 99 and ranked[-1].feedback is None
-    assert {c.chunk_id for c in ranked[:FEEDBACK_DEPTH]} == set(range(1, FEEDBACK_DEPTH + 1))
-    # a vector missing from the index leaves the BM25 order untouched
-    del vectors[4]
-    ranked = _feedback_case(vectors, [(1, 10.0), (2, 9.0), (3, 8.0), (4, 7.9), (5, 7.8)])
-    assert [c.chunk_id for c in ranked] == [1, 2, 3, 4, 5]
-
-
-def test_feedback_only_reorders_the_bm25_head_of_chinese_questions(retriever, monkeypatch):
-    import docqa.fusion as F
-
-    q = "怎么把系统升级到最新？"
+def test_chinese_hybrid_keeps_the_bm25_order(retriever):
+    # the English-only embedder has no say on a Chinese question: hybrid ranks its BM25 matches as BM25 does
+    q = "怎么用 apt-get 删除或升级软件包？"
     bm25 = retriever.search(q, k=10, mode="bm25")
     hybrid = retriever.search(q, k=10, mode="hybrid")
-    n = len(bm25)
-    assert n >= 2  # the BM25 matches come first, re-ordered among themselves; dense-only passages follow
-    assert {h.chunk_id for h in hybrid[:n]} == {h.chunk_id for h in bm25}
-    assert all("feedback" in h.scores for h in hybrid[:n]) and not any("feedback" in h.scores for h in hybrid[n:])
+    assert len(bm25) >= 2
+    assert [h.chunk_id for h in hybrid][: len(bm25)] == [h.chunk_id for h in bm25]
     assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
-    monkeypatch.setattr(F, "FEEDBACK_WEIGHT", 0.0)
-    assert [h.chunk_id for h in retriever.search(q, k=10, mode="hybrid")][:n] == [h.chunk_id for h in bm25]
-    monkeypatch.undo()
-    # English questions are fused as before: no feedback step
-    en = retriever.search("How do I sort a list from largest to smallest?", k=5, mode="hybrid")
-    assert en and not any("feedback" in h.scores for h in en)
+
+
+def test_adjacent_fragments_merge_into_one_hit(retriever):
+    with retriever.kb.snapshot():
+        doc = next(h.document_id for h in retriever.search("zebracorn", k=1, mode="bm25"))
+        chunks = retriever.kb.neighbours(doc, list(range(200)))
+    at = next(o for o, r in chunks.items() if "zebracorn" in r.text)
+    # a word that only the chunk two places on holds: BM25 finds both chunks, each for one of the words
+    word = next(
+        w
+        for w in chunks[at + 2].text.split()
+        if w.startswith("filler") and all(w not in chunks[o].text for o in chunks if o != at + 2)
+    )
+    hits = retriever.search(f"zebracorn {word}", k=10, mode="bm25")
+    assert len([h for h in hits if "zebracorn" in h.text or word in h.text]) == 1  # one hit, not two
+    best = hits[0]
+    assert best.ordinal in (at, at + 2) and "zebracorn" in best.text and word in best.text
+    assert chunks[at + 1].text in best.text  # the chunk between them fills the gap
+    # joined at offsets: the overlap between consecutive chunks appears once
+    words = [w for w in best.text.split() if w.startswith("filler")]
+    assert len(words) == len(set(words))
+    assert best.scores == {"bm25": best.score}
 
 
 def test_english_hybrid_uses_both_signals(retriever):
@@ -249,7 +213,9 @@ def test_results_consistent_inside_a_snapshot(docs_dir, tmp_path, embedder):
             before = [(h.chunk_id, h.text) for h in r.search(q, mode="hybrid")]
             extra = tmp_path / "more"
             extra.mkdir()
-            (extra / "tar2.txt").write_text("解压 gzip 归档：tar -xzvf 归档.tar.gz 解压 gzip 压缩 归档 tar", encoding="utf-8")
+            (extra / "tar2.txt").write_text(
+                "解压 gzip 归档：tar -xzvf 归档.tar.gz 解压 gzip 压缩 归档 tar", encoding="utf-8"
+            )
             ingest([docs_dir, extra], s, embedder=embedder)  # another handle commits meanwhile
             during = [(h.chunk_id, h.text) for h in r.search(q, mode="hybrid")]
         after = r.search(q, mode="hybrid")

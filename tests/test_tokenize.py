@@ -57,10 +57,30 @@ def test_query_terms_of_a_chinese_question_with_a_command() -> None:
     # 如何 and 的 are stop words; 用 is a word, and 何用 a bigram jieba did not emit; 的 blocks the bigrams 包的/的文;
     # the short option keeps its case. Words of each CJK run come first, then its bigrams.
     assert tokenize_query("如何用 dpkg -L 查看软件包的文件") == [
-        "用", "何用", "dpkg", "-L", "查看", "软件", "软件包", "文件", "看软", "件包",
-    ]  # fmt: skip
+        "用",
+        "何用",
+        "dpkg",
+        "-L",
+        "查看",
+        "软件",
+        "软件包",
+        "文件",
+        "看软",
+        "件包",
+    ]
 
 
 def test_code_terms() -> None:
     assert is_code_term("-w") and is_code_term("/etc/fstab") and is_code_term("apt-get")
     assert not is_code_term("grep") and not is_code_term("选项") and not is_code_term("--")
+
+
+def test_query_bigrams_are_the_pairs_jieba_did_not_emit():
+    from docqa.tokenize import query_bigrams
+
+    q = "如何查看日志"
+    assert query_bigrams(q) == {"何查", "看日"}
+    assert query_bigrams(q) <= set(tokenize_query(q))  # a subset of the query's own terms
+    assert not query_bigrams(q) & set(tokenize_query(q, bigrams=False))  # never a word
+    assert query_bigrams("How do I use grep -w?") == set()
+    assert query_bigrams("") == set()

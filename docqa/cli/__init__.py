@@ -20,7 +20,7 @@ Nothing outside this package imports it (docqa/chat.py is the conversation logic
 Importing it loads typer and rich but not torch, transformers or faiss: `docqa --help` starts in ~0.1 s.
 """
 
-from . import ask, commands  # noqa: F401  (registers the commands on `app`)
+from . import ask, commands, serve  # noqa: F401  (registers the commands on `app`)
 from .app import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, exit_code_for
 
 __all__ = ["EXIT_FATAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "app", "exit_code_for"]

@@ -62,8 +62,9 @@ class DocQAGroup(TyperGroup):
     `CliRunner` as well as the `docqa` script, because both go through the group's `make_context` / `invoke`.
     """
 
-    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
-                     **extra: Any) -> typer.Context:  # fmt: skip
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: typer.Context | None = None, **extra: Any
+    ) -> typer.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
         except UsageError as e:  # bad global options, `docqa` alone, an unknown command

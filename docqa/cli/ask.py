@@ -23,9 +23,8 @@ from .render import answer_to_console, err, out
 
 def _answer_setup(flags: AnswerFlags):
     """Settings, retriever and generator for ask/chat; when no real model answers, one notice on stderr."""
-    from ..generate import get_generator
     from ..config import load_settings
-    from ..generate import notice
+    from ..generate import get_generator, notice
     from ..retrieve import open_retriever
 
     s = load_settings(**flags.settings())
@@ -47,8 +46,13 @@ def ask_command(
     from ..answer import ask
 
     s, retriever, gen = _answer_setup(flags)
-    answer_to_console(out, err, lambda **kw: ask(question, retriever, gen, s, abstain=not flags.no_abstain, **kw),
-                      verbose=flags.verbose, as_json=flags.as_json)  # fmt: skip
+    answer_to_console(
+        out,
+        err,
+        lambda **kw: ask(question, retriever, gen, s, abstain=not flags.no_abstain, **kw),
+        verbose=flags.verbose,
+        as_json=flags.as_json,
+    )
 
 
 @app.command("chat")

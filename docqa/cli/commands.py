@@ -18,8 +18,18 @@ import typer
 
 from ..errors import DocQAError
 from .app import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, exit_code_for
-from .options import EmbedOpt, IndexOpt, JsonOpt, ModeOpt, TopKOpt
-from .render import err, out, print_answer_eval, print_documents, print_eval, print_hits, print_ingest_report, print_verify
+from .options import EmbedOpt, IndexOpt, JsonOpt, ModelOpt, ModeOpt, OcrOpt, TopKOpt
+from .render import (
+    err,
+    out,
+    print_answer_eval,
+    print_documents,
+    print_eval,
+    print_hits,
+    print_ingest_report,
+    print_models,
+    print_verify,
+)
 
 
 def load_settings(**flags: Any):
@@ -40,14 +50,22 @@ def ingest(
     follow_symlinks: Annotated[
         bool | None, typer.Option("--follow-symlinks", help="Follow symlinks inside the folders")
     ] = None,
+    ocr: OcrOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sync files and folders into the knowledge base (only changed files are re-embedded)."""
     from ..ingest import ingest as run_ingest
     from .progress import IngestProgress
 
-    s = load_settings(index=index, embed_model=embed_model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
-                      include_hidden=include_hidden, follow_symlinks=follow_symlinks)  # fmt: skip
+    s = load_settings(
+        index=index,
+        embed_model=embed_model,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        include_hidden=include_hidden,
+        follow_symlinks=follow_symlinks,
+        ocr=None if ocr is None else str(ocr),
+    )
     try:
         with IngestProgress(err, enabled=err.is_terminal and not as_json) as progress:
             report = run_ingest(paths, s, progress=progress)
@@ -89,8 +107,23 @@ def list_documents(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     with KnowledgeBase.open(load_settings(index=index).index) as kb:
         docs = kb.documents()
     if as_json:
-        print(json.dumps([{"path": d.path, "status": d.status, "chunks": d.chunks, "pages": d.pages,
-                           "error": d.error, "sha256": d.sha256} for d in docs], ensure_ascii=False, indent=1))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": d.path,
+                        "status": d.status,
+                        "chunks": d.chunks,
+                        "pages": d.pages,
+                        "error": d.error,
+                        "sha256": d.sha256,
+                    }
+                    for d in docs
+                ],
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
     else:
         print_documents(out, docs)
 
@@ -129,8 +162,12 @@ def verify(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
         raise typer.Exit(exit_code_for(e)) from None
     healthy = not any(level == "error" for level, _ in problems)
     if as_json:
-        print(json.dumps({"healthy": healthy, **counts,
-                          "problems": [{"level": lv, "message": m} for lv, m in problems]}, ensure_ascii=False))  # fmt: skip
+        print(
+            json.dumps(
+                {"healthy": healthy, **counts, "problems": [{"level": lv, "message": m} for lv, m in problems]},
+                ensure_ascii=False,
+            )
+        )
     else:
         print_verify(out, err, problems, healthy, counts)
     raise typer.Exit(EXIT_OK if healthy else EXIT_FATAL)
@@ -158,8 +195,11 @@ def eval_command(
     ] = False,
     llm: Annotated[
         str,
-        typer.Option("--llm", help="With --answers: comma-separated answerers to compare: extractive, demo, "
-                     "a ChatGLM2 folder, http://host:port/v1"),
+        typer.Option(
+            "--llm",
+            help="With --answers: comma-separated answerers to compare: extractive, demo, "
+            "a ChatGLM2 folder, http://host:port/v1",
+        ),
     ] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -184,3 +224,17 @@ def eval_command(
         print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)
     else:
         print_eval(out, report)
+
+
+@app.command("models")
+def models_command(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
+    """The ChatGLM models docqa can find here (settings, DOCQA_*, the Hugging Face and ModelScope caches), what each
+    is, and how it would run: device, precision, memory, context."""
+    from ..generate.catalog import find_models
+
+    found = find_models(load_settings(llm=model))
+    if as_json:
+        rows = [{**vars(m), "path": str(m.path)} for m in found]
+        print(json.dumps(rows, ensure_ascii=False), flush=True)
+    else:
+        print_models(out, found)

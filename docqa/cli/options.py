@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import LLM_QUANTIZE
+from ..config import LLM_QUANTIZE, MODEL_FAMILIES, OCR_MODES
 
 IndexOpt = Annotated[Path | None, typer.Option("--index", help=r"Knowledge-base folder \[env: DOCQA_INDEX]")]
 EmbedOpt = Annotated[str | None, typer.Option("--embed-model", help="sentence-transformers model name or path")]
@@ -52,6 +52,16 @@ QuantizeOpt = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="Where the local model runs: auto | cpu | cuda | cuda:N")
 ]
+Family = StrEnum("Family", {v: v for v in MODEL_FAMILIES})
+FamilyOpt = Annotated[
+    Family | None,
+    typer.Option("--model-family", help="Which ChatGLM a folder holds, when its files leave it ambiguous"),
+]
+Ocr = StrEnum("Ocr", {v: v for v in OCR_MODES})
+OcrOpt = Annotated[
+    Ocr | None,
+    typer.Option("--ocr", help="OCR scanned pages and images: auto (pages without usable text) | always | never"),
+]
 NoAbstainOpt = Annotated[bool, typer.Option("--no-abstain", help="Answer even when nothing relevant was found")]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show the rewritten question, prompt budget and timings")
@@ -70,6 +80,7 @@ class AnswerFlags:
     temperature: float | None = None
     quantize: str | None = None
     device: str | None = None
+    model_family: str | None = None
     index: Path | None = None
     no_abstain: bool = False
     verbose: bool = False
@@ -77,17 +88,36 @@ class AnswerFlags:
 
     def settings(self) -> dict[str, Any]:
         """The flags as `load_settings` keywords (the setting names differ from some flag names)."""
-        return dict(index=self.index, llm=self.model, llm_url=self.llm_url, max_context=self.max_context,
-                    max_passages=self.top_k, mode=self.mode, temperature=self.temperature,
-                    llm_quantize=None if self.quantize is None else str(self.quantize), llm_device=self.device)  # fmt: skip
+        return dict(
+            index=self.index,
+            llm=self.model,
+            llm_url=self.llm_url,
+            max_context=self.max_context,
+            max_passages=self.top_k,
+            mode=self.mode,
+            temperature=self.temperature,
+            llm_quantize=None if self.quantize is None else str(self.quantize),
+            llm_device=self.device,
+            model_family=None if self.model_family is None else str(self.model_family),
+        )
 
 
 # the ask/chat flags in the order `--help` lists them; names are AnswerFlags' fields
 _ANSWER_OPTIONS = {
-    "model": ModelOpt, "llm_url": LlmUrlOpt, "max_context": MaxContextOpt, "top_k": AnswerTopKOpt, "mode": ModeOpt,
-    "temperature": TemperatureOpt, "quantize": QuantizeOpt, "device": DeviceOpt, "index": IndexOpt,
-    "no_abstain": NoAbstainOpt, "verbose": VerboseOpt, "as_json": JsonOpt,
-}  # fmt: skip
+    "model": ModelOpt,
+    "llm_url": LlmUrlOpt,
+    "max_context": MaxContextOpt,
+    "top_k": AnswerTopKOpt,
+    "mode": ModeOpt,
+    "temperature": TemperatureOpt,
+    "quantize": QuantizeOpt,
+    "device": DeviceOpt,
+    "model_family": FamilyOpt,
+    "index": IndexOpt,
+    "no_abstain": NoAbstainOpt,
+    "verbose": VerboseOpt,
+    "as_json": JsonOpt,
+}
 _DEFAULTS = asdict(AnswerFlags())
 
 
@@ -100,8 +130,10 @@ def answer_options(command: Callable[..., Any]) -> Callable[..., Any]:
     `_ANSWER_OPTIONS` itself.
     """
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "flags"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_DEFAULTS[name], annotation=annotation)
-              for name, annotation in _ANSWER_OPTIONS.items()]  # fmt: skip
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_DEFAULTS[name], annotation=annotation)
+        for name, annotation in _ANSWER_OPTIONS.items()
+    ]
     clash = {p.name for p in own} & set(_ANSWER_OPTIONS)
     if clash:
         raise TypeError(f"{command.__name__}: parameters {sorted(clash)} clash with the shared ask/chat options")

@@ -37,9 +37,14 @@ class IngestProgress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
-                                 console=self.console)  # fmt: skip
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[chunks]} chunks"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
             self._bar.__enter__()
         return self
 
@@ -48,8 +53,11 @@ class IngestProgress:
             if self._bar is not None:
                 self._task = self._bar.add_task("files", total=info["to_load"], chunks=0)
             else:
-                self.console.print(f"{info['files']} files: {info['to_load']} to load, {info['unchanged']} unchanged, "
-                                   f"{info['removed']} removed", markup=False)  # fmt: skip
+                self.console.print(
+                    f"{info['files']} files: {info['to_load']} to load, {info['unchanged']} unchanged, "
+                    f"{info['removed']} removed",
+                    markup=False,
+                )
         elif event == "file":
             if self._bar is not None and self._task is not None:
                 t = self._bar.tasks[self._task]
@@ -57,8 +65,9 @@ class IngestProgress:
             elif info["status"] == "failed":
                 self.console.print(f"failed {short_path(info['path'])}: {info['reason']}", markup=False)
             else:
-                self.console.print(f"{info['status']} {short_path(info['path'])} ({info.get('chunks', 0)} chunks)",
-                                   markup=False)  # fmt: skip
+                self.console.print(
+                    f"{info['status']} {short_path(info['path'])} ({info.get('chunks', 0)} chunks)", markup=False
+                )
         elif event == "commit" and self._bar is None:
             self.console.print(f"committed {info['documents']} documents, {info['chunks']} chunks", markup=False)
 

@@ -1,6 +1,6 @@
 """Console output: passages, answers and their sources, tables, reports and errors (Rich, or JSON lines).
 
-    >>> print_hits(out, "怎么解压 tar.gz 文件？", hits, as_json=False, mode="hybrid")
+    >>> print_hits(out, "怎么解压 tar.gz 文件？", hits, as_json=False, mode="hybrid")  # doctest: +SKIP
     ───────────── 怎么解压 tar.gz 文件？ ─────────────
     [1] tar.txt — 解压文件  score 0.0328
     解压文件：使用 tar -xzvf archive.tar.gz 可以解压一个用 gzip 压缩的归档。…
@@ -56,8 +56,12 @@ def print_hits(console: Console, question: str, hits: Iterable[Hit], as_json: bo
     """Ranked passages for `docqa search`: one JSON line per question, or a rule and one block per passage."""
     hits = list(hits)
     if as_json:
-        print(json.dumps({"question": question, "mode": mode, "results": [h.to_json() for h in hits]},
-                         ensure_ascii=False), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {"question": question, "mode": mode, "results": [h.to_json() for h in hits]}, ensure_ascii=False
+            ),
+            flush=True,
+        )
         return
     if not hits:
         console.print(f"[yellow]no passages found for[/] {escape(question)}")
@@ -102,13 +106,16 @@ def print_sources(console: Console, answer: Answer) -> None:
 
 def describe_plan(plan: PromptPlan) -> str:
     """One line for --verbose: how the budget was spent."""
-    return (f"prompt {plan.total_tokens}/{plan.budget} tokens (context {plan.context_length}); "
-            f"{len(plan.passages)} passages ({sum(plan.passage_tokens)} tokens, {plan.dropped_passages} left out); "
-            f"history {len(plan.history)} turns kept, {len(plan.dropped_history)} dropped")  # fmt: skip
+    return (
+        f"prompt {plan.total_tokens}/{plan.budget} tokens (context {plan.context_length}); "
+        f"{len(plan.passages)} passages ({sum(plan.passage_tokens)} tokens, {plan.dropped_passages} left out); "
+        f"history {len(plan.history)} turns kept, {len(plan.dropped_history)} dropped"
+    )
 
 
-def answer_to_console(out: Console, err: Console, answer_fn: Callable[..., Answer], *, verbose: bool,
-                      as_json: bool) -> Answer | None:  # fmt: skip
+def answer_to_console(
+    out: Console, err: Console, answer_fn: Callable[..., Answer], *, verbose: bool, as_json: bool
+) -> Answer | None:
     """Run `answer_fn(on_text=, cancel=, on_plan=)` streaming to `out`; print the sources (or one JSON line).
 
     Returns None when interrupted before an answer existed; Ctrl-C during generation keeps the partial answer
@@ -176,8 +183,10 @@ def print_verify(out: Console, err: Console, problems: list[tuple[str, str]], he
     """Each problem (errors on stderr, warnings on stdout), then healthy/damaged with the counts."""
     for level, m in problems:
         (err if level == "error" else out).print(f"[{'red' if level == 'error' else 'yellow'}]{level}[/] {escape(m)}")
-    out.print(("[green]healthy[/]" if healthy else "[red]damaged[/]")
-              + f": {counts['documents']} documents, {counts['chunks']} chunks, generation {counts['generation']}")  # fmt: skip
+    out.print(
+        ("[green]healthy[/]" if healthy else "[red]damaged[/]")
+        + f": {counts['documents']} documents, {counts['chunks']} chunks, generation {counts['generation']}"
+    )
 
 
 def print_eval(out: Console, report: EvalReport) -> None:
@@ -201,3 +210,23 @@ def print_answer_eval(out: Console, report) -> None:
     from ..evaluate_answers import markdown_table
 
     out.print(markdown_table(report), soft_wrap=True, markup=False, highlight=False)
+
+
+def print_models(out: Console, models) -> None:
+    """One row per model found: name, family, how it would run, where it is (or why it cannot run)."""
+    from rich.table import Table
+
+    if not models:
+        out.print(
+            'no ChatGLM checkpoint found: see the README\'s "ChatGLM weights" for the download commands; '
+            "answers quote the passages meanwhile (llm = extractive)",
+            markup=False,
+            soft_wrap=True,
+        )
+        return
+    t = Table("model", "family", "device", "precision", "memory", "context", "where", box=None)
+    for m in models:
+        mem = f"{m.memory_bytes / 2**30:.1f} GiB" if m.memory_bytes else "?"
+        where = f"{m.path} ({m.source})" + (f" — {m.problem}" if m.problem else "")
+        t.add_row(escape(m.name), m.family or "?", m.device, m.precision, mem, f"{m.context_length:,}", escape(where))
+    out.print(t)

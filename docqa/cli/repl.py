@@ -83,8 +83,15 @@ def run_command(chat: Chat, cmd: str, emit: Emit) -> bool:
     return True
 
 
-def run_repl(chat: Chat, out: Console, err: Console, lines: Iterable[str] | None = None, *,
-             verbose: bool = False, as_json: bool = False) -> None:  # fmt: skip
+def run_repl(
+    chat: Chat,
+    out: Console,
+    err: Console,
+    lines: Iterable[str] | None = None,
+    *,
+    verbose: bool = False,
+    as_json: bool = False,
+) -> None:
     """The chat loop: questions and /commands from `lines` (None = an interactive terminal prompt)."""
     interactive = lines is None
     source = terminal_lines(chat.settings) if lines is None else (ln.rstrip("\n") for ln in lines)
@@ -111,7 +118,12 @@ def run_repl(chat: Chat, out: Console, err: Console, lines: Iterable[str] | None
                 err.print(f"[dim]standalone question: {escape(q)}[/]")
 
         try:
-            answer_to_console(out, err, lambda line=line, **kw: chat.ask(line, on_rewrite=on_rewrite, **kw),
-                              verbose=verbose, as_json=as_json)  # fmt: skip
+            answer_to_console(
+                out,
+                err,
+                lambda line=line, **kw: chat.ask(line, on_rewrite=on_rewrite, **kw),
+                verbose=verbose,
+                as_json=as_json,
+            )
         except DocQAError as e:  # one bad turn ends nothing
             print_error(err, e)

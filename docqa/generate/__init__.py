@@ -84,6 +84,9 @@ def _openai_model(llm: str) -> str:
 
 #: resolve_generator's kinds for the ChatGLM members (ChatGLM-6B v1, ChatGLM2-6B, ChatGLM3-6B)
 CHATGLM_KINDS = ("chatglm", "chatglm2", "chatglm3")
+#: `llm` names that mean "the local checkpoint of that member" ("chatglm2" keeps its own branch; plain "chatglm"
+#: names the whole family, so it stays an unknown name)
+_MEMBER_NAMES = {"chatglm-6b": "chatglm", "chatglm3": "chatglm3", "chatglm3-6b": "chatglm3"}
 
 
 def _chatglm_kind(spec: str, settings: Settings) -> str:
@@ -123,9 +126,13 @@ def resolve_generator(settings: Settings) -> tuple[str, str]:
         if url:
             return "openai", url
         found = find_local_checkpoint(settings.chatglm2_path, settings.hf_cache)
-        return (_chatglm_kind(str(found), settings), str(found)) if found is not None else ("extractive", EXTRACTIVE_SPEC)
+        if found is None:
+            return "extractive", EXTRACTIVE_SPEC
+        return _chatglm_kind(str(found), settings), str(found)
     if low in ("chatglm2", "chatglm2-6b"):
-        found = find_local_checkpoint(settings.chatglm2_path, settings.hf_cache)
+        # chatglm2_path is taken whatever member it holds, as always; in the cache only ChatGLM2 snapshots count
+        only = None if str(settings.chatglm2_path) else "chatglm2"
+        found = find_local_checkpoint(settings.chatglm2_path, settings.hf_cache, family=only)
         if found is None:
             raise ConfigError(
                 "no local ChatGLM2-6B checkpoint found (looked at chatglm2_path / DOCQA_CHATGLM2_PATH and the Hugging "
@@ -133,6 +140,15 @@ def resolve_generator(settings: Settings) -> tuple[str, str]:
                 "pass its folder with --model /path/to/chatglm2-6b or DOCQA_LLM"
             )
         return _chatglm_kind(str(found), settings), str(found)
+    if low in _MEMBER_NAMES:
+        family = _MEMBER_NAMES[low]
+        found = find_local_checkpoint(settings.chatglm2_path, settings.hf_cache, family=family)
+        if found is None:
+            raise ConfigError(
+                f"no local {low} checkpoint found (looked at chatglm2_path / DOCQA_CHATGLM2_PATH and the Hugging Face "
+                f"cache {settings.hf_cache}): pass its folder with --model /path/to/{low} or DOCQA_LLM"
+            )
+        return family, str(found)
     path = Path(llm).expanduser()
     if path.is_dir():
         return _chatglm_kind(str(path), settings), str(path)
@@ -143,8 +159,8 @@ def resolve_generator(settings: Settings) -> tuple[str, str]:
     if "/" in llm or "\\" in llm or llm.startswith(("~", ".")):
         raise ConfigError(f"model folder not found: {llm}")
     raise ConfigError(
-        f"unknown model {llm!r}: use auto, extractive, demo, chatglm2, openai[:MODEL] (with llm_url), "
-        "a checkpoint folder or a hub id such as THUDM/chatglm2-6b"
+        f"unknown model {llm!r}: use auto, extractive, demo, chatglm-6b, chatglm2, chatglm3, openai[:MODEL] (with "
+        "llm_url), a checkpoint folder or a hub id such as THUDM/chatglm2-6b"
     )
 
 
@@ -161,8 +177,9 @@ def get_generator(settings: Settings, progress: Callable[[str], None] | None = N
     if kind == "demo":
         from .demo import DemoGenerator, default_cache_dir
 
-        return DemoGenerator(cache_dir=default_cache_dir(settings.cache), progress=progress,
-                             max_context=settings.max_context)
+        return DemoGenerator(
+            cache_dir=default_cache_dir(settings.cache), progress=progress, max_context=settings.max_context
+        )
     if kind == "openai":
         from .openai import OpenAIGenerator
 
@@ -171,8 +188,14 @@ def get_generator(settings: Settings, progress: Callable[[str], None] | None = N
     from .chatglm import ChatGLMGenerator
     from .checkpoints import resolve_model_path
 
-    # any member: ChatGLMGenerator.open decides from the folder's files (ChatGLM2 keeps ChatGLM2Generator)
+    # a local folder runs as the member resolve_generator named; a download is judged by its files once here
+    family = kind if Path(spec).expanduser().is_dir() else settings.model_family
     folder = resolve_model_path(spec, model_hub=settings.model_hub, offline=settings.offline)
-    return ChatGLMGenerator.open(folder, device=settings.llm_device, dtype=settings.llm_dtype,
-                                 quantize=settings.llm_quantize, max_context=settings.max_context,
-                                 family=settings.model_family)
+    return ChatGLMGenerator.open(
+        folder,
+        device=settings.llm_device,
+        dtype=settings.llm_dtype,
+        quantize=settings.llm_quantize,
+        max_context=settings.max_context,
+        family=family,
+    )

@@ -5,9 +5,10 @@ the first half of each head with interleaved pairs), which is exactly what `GlmF
 work is renaming weights and splitting the fused ones. Nothing in the checkpoint folder is executed (no
 `trust_remote_code`; `.bin` shards go through `torch.load(weights_only=True)`).
 
-    >>> model, tok = load("~/models/chatglm2-6b")               # CPU: int8 weights, ~7 GB of RAM
-    >>> gen = ChatGLM2Generator("~/models/chatglm2-6b")
-    >>> gen.generate([{"role": "user", "content": "dpkg -L 是做什么的？"}], GenerationOptions(max_new_tokens=64))
+    >>> model, tok = load("~/models/chatglm2-6b")      # CPU: int8 weights, ~7 GB of RAM  # doctest: +SKIP
+    >>> gen = ChatGLM2Generator("~/models/chatglm2-6b")                                  # doctest: +SKIP
+    >>> gen.generate([{"role": "user", "content": "dpkg -L 是做什么的？"}],                 # doctest: +SKIP
+    ...              GenerationOptions(max_new_tokens=64))
 
 Weights stream shard by shard onto a model built on the meta device, and each decoder layer is quantised as soon
 as its weights are in, so peak memory stays near one copy of the (quantised) weights.
@@ -17,13 +18,15 @@ Precision on CPU: big models default to int8 weight-only quantisation (per outpu
 `dtype="bf16"`/`"fp32"` without `quantize` keeps full weights, as does `quantize="none"` (the `llm_quantize`
 setting / `--quantize` flag). Tiny (test) models default to fp32.
 
-Limits: ChatGLM2 layouts only (chatglm2-6b, chatglm2-6b-32k; chatglm3-6b loads too but its prompt format differs);
-the pre-quantised `-int4`/`-int8` repos and ChatGLM-6B v1 are refused with a ModelError. `rope_ratio` is applied
-as upstream chatglm2-6b-32k does (positions divided by it = linear RoPE scaling); chatglm3-6b-32k instead scales
-the RoPE base and would need a different mapping. GPU int8/int4 need `torchao`.
+Limits: ChatGLM2-network layouts only (chatglm2-6b, chatglm2-6b-32k, chatglm3-6b, chatglm3-6b-32k; the ChatGLM3
+chat format and generator are chatglm.py's); the pre-quantised `-int4`/`-int8` repos and ChatGLM-6B v1 are
+refused here with a ModelError (chatglm.load takes v1). `rope_ratio` is mapped per member: chatglm2-6b-32k divides
+positions by it (linear RoPE scaling), chatglm3-6b-32k multiplies the RoPE base by it (`rope_parameters`).
+GPU int8/int4 need `torchao`.
 
 Neighbours: checkpoints.py finds, downloads and reads checkpoint folders (its names are re-exported here);
-quantize.py holds the int8/int4 layers. This module maps the network and runs it.
+weights.py streams tensors into the model and picks device/dtype; quantize.py holds the int8/int4 layers;
+chatglm.py is the loader for the whole family. This module maps the network and runs it.
 """
 
 from __future__ import annotations
@@ -31,9 +34,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from docqa.config import LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_QUANTIZE, valid_device
 from docqa.errors import ModelError
 from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, stream_text
 from docqa.generate.chatglm2_tokenizer import ChatGLM2Tokenizer
@@ -47,33 +49,44 @@ from docqa.generate.checkpoints import (  # noqa: F401
     read_chatglm_config,
     resolve_model_path,
 )
+from docqa.generate.weights import BIG_MODEL_PARAMS, WeightLoader, resolve_device_dtype  # noqa: F401
 
-if TYPE_CHECKING:
-    import torch
+# the old private name, kept for callers (benchmarks) that used it
+_resolve_device_dtype = resolve_device_dtype
 
 EOS_ID = 2
 DEFAULT_HUB_ID = "THUDM/chatglm2-6b"
-#: models with more parameters than this default to int8 on CPU (smaller ones to fp32)
-BIG_MODEL_PARAMS = 1_000_000_000
-
-#: torch dtype names for docqa.config.LLM_DTYPES (aliases are mapped onto these first)
-_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 # -- config -----------------------------------------------------------------------------------------------------
 
 
-def glm_config_from_chatglm(cfg: dict[str, Any]):
-    """The `transformers.GlmConfig` equivalent to a ChatGLM2 config.json dict."""
+def rope_parameters(cfg: dict[str, Any], family: str = "chatglm2") -> dict[str, Any]:
+    """GlmConfig's `rope_parameters` for a ChatGLM2/ChatGLM3 config.json: the two members read `rope_ratio`
+    differently, so the family decides.
+
+        >>> rope_parameters({"rope_ratio": 16}, "chatglm2")["factor"], rope_parameters({"rope_ratio": 50}, "chatglm3")
+        (16.0, {'rope_type': 'default', 'rope_theta': 500000.0, 'partial_rotary_factor': 0.5})
+    """
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    rope_ratio = float(cfg.get("rope_ratio", 1) or 1)
+    if rope_ratio != 1 and family == "chatglm3":
+        # upstream chatglm3-6b-32k multiplies the base (NTK-style) and keeps the positions as they are
+        rope["rope_theta"] = 10000.0 * rope_ratio
+    elif rope_ratio != 1:
+        # upstream chatglm2-6b-32k computes angles for position / rope_ratio: linear position interpolation
+        rope.update(rope_type="linear", factor=rope_ratio)
+    return rope
+
+
+def glm_config_from_chatglm(cfg: dict[str, Any], family: str = "chatglm2"):
+    """The `transformers.GlmConfig` equivalent to a ChatGLM2 (or, with `family="chatglm3"`, ChatGLM3)
+    config.json dict."""
     from transformers import GlmConfig
 
     heads = int(cfg["num_attention_heads"])
     groups = int(cfg["multi_query_group_num"]) if cfg.get("multi_query_attention") else heads
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
-    rope_ratio = float(cfg.get("rope_ratio", 1) or 1)
-    if rope_ratio != 1:
-        # upstream chatglm2-6b-32k computes angles for position / rope_ratio: linear position interpolation
-        rope.update(rope_type="linear", factor=rope_ratio)
+    rope = rope_parameters(cfg, family)
     eos = cfg.get("eos_token_id", EOS_ID)
     config = GlmConfig(
         vocab_size=int(cfg["padded_vocab_size"]),
@@ -144,112 +157,33 @@ def convert_tensor(name: str, tensor, config) -> list[tuple[str, Any]]:
                 raise ModelError(f"{name} has {tensor.shape[0]} rows, expected {q + 2 * kv} (q {q} + k {kv} + v {kv})")
             parts = tensor.split([q, kv, kv], dim=0)
             return [(f"{prefix}self_attn.{p}_proj.{kind}", t) for p, t in zip("qkv", parts)]
-    raise ModelError(f"unexpected tensor {name!r} in the checkpoint: not a ChatGLM2 layout docqa can load "
-                     "(pre-quantised or modified checkpoints are not supported)")
+    raise ModelError(
+        f"unexpected tensor {name!r} in the checkpoint: not a ChatGLM2 layout docqa can load "
+        "(pre-quantised or modified checkpoints are not supported)"
+    )
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
 
 
-def _resolve_device_dtype(device: str, dtype: str, quantize: str | None, n_params: int):
-    """(torch.device, torch dtype, "int8" | "int4" | None) for the requested device/dtype/quantisation.
-
-    `quantize` None or "auto": int8 for big models on CPU with dtype auto, else none; "none": never quantise.
-    """
-    import torch
-
-    if not valid_device(device):
-        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (--device)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but PyTorch sees no CUDA GPU (use --device cpu)")
-    quantize = "auto" if quantize in (None, "") else quantize
-    if quantize not in LLM_QUANTIZE:
-        raise ModelError(f"unknown quantisation {quantize!r}: use {', '.join(LLM_QUANTIZE)} (--quantize)")
-    dtype = LLM_DTYPE_ALIASES.get(dtype, dtype)
-    if dtype not in LLM_DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}: use {', '.join(LLM_DTYPES)} (llm_dtype)")
-    on_gpu = device.startswith("cuda")
-    scheme = quantize if quantize in ("int8", "int4") else None
-    if dtype != "auto":
-        name = _TORCH_DTYPES[dtype]
-    elif on_gpu:
-        name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    elif n_params > BIG_MODEL_PARAMS:
-        name = "bfloat16"
-        scheme = scheme or ("int8" if quantize == "auto" else None)
-    else:
-        name = "float32"
-    if scheme and not on_gpu and name != "bfloat16":
-        name = "bfloat16"  # the CPU int8/int4 kernels take bf16 activations
-    return torch.device(device), getattr(torch, name), scheme
-
-
-def _quantised(name: str) -> bool:
-    return name.startswith("model.layers.") or name == "lm_head.weight"
-
-
-def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", quantize: str | None = None):
-    """The GlmForCausalLM (eval mode) for the ChatGLM2 checkpoint folder `path`; see `load`."""
+def load_model(
+    path: str | Path, device: str = "auto", dtype: str = "auto", quantize: str | None = None, family: str = "chatglm2"
+):
+    """The GlmForCausalLM (eval mode) for the ChatGLM2/ChatGLM3 checkpoint folder `path`; see `load`."""
     folder = Path(path).expanduser()
     cfg = read_chatglm_config(folder)
-    return build_model(cfg, iter_checkpoint_tensors(folder), str(folder), device, dtype, quantize)
+    return build_model(cfg, iter_checkpoint_tensors(folder), str(folder), device, dtype, quantize, family)
 
 
-class _WeightLoader:
-    """Puts converted tensors into a meta-device GlmForCausalLM one by one, checking each against the config,
-    and quantises (CPU) each decoder layer as soon as its last tensor is in, so only one layer is ever in fp32."""
-
-    def __init__(self, model, config, device, dtype, cpu_quant: str | None):
-        self.model, self.config, self.device, self.dtype, self.cpu_quant = model, config, device, dtype, cpu_quant
-        self.expected = {n: p.shape for n, p in model.named_parameters()}
-        self.layer_todo = {i: {n for n in self.expected if n.startswith(f"model.layers.{i}.")}
-                           for i in range(config.num_hidden_layers)}
-        self.loaded: set[str] = set()
-
-    def assign(self, name: str, tensor: torch.Tensor) -> None:
-        import torch
-
-        if name not in self.expected:
-            raise ModelError(f"checkpoint tensor maps to unknown parameter {name}")
-        if name in self.loaded:
-            raise ModelError(f"parameter {name} appears twice in the checkpoint")
-        if tuple(tensor.shape) != tuple(self.expected[name]):
-            raise ModelError(f"{name}: checkpoint shape {tuple(tensor.shape)} does not match the config's "
-                             f"{tuple(self.expected[name])}")
-        if not tensor.is_floating_point():
-            raise ModelError(f"{name} has dtype {tensor.dtype}: packed/quantised checkpoints are not supported")
-        owner_name, _, attr = name.rpartition(".")
-        owner = self.model.get_submodule(owner_name)
-        # quantised layers are built from fp32 copies so rounding happens once, from the original values
-        want = torch.float32 if self.cpu_quant and _quantised(name) else self.dtype
-        value = tensor.to(device=self.device, dtype=want)
-        setattr(owner, attr, torch.nn.Parameter(value.clone() if value is tensor else value, requires_grad=False))
-        self.loaded.add(name)
-        if self.cpu_quant:
-            self._quantise_when_complete(name)
-
-    def _quantise_when_complete(self, name: str) -> None:
-        from docqa.generate.quantize import quantize_linears, quantized_linear
-
-        if name == "lm_head.weight":
-            self.model.lm_head = quantized_linear(self.model.lm_head, self.cpu_quant)
-        m = re.match(r"model\.layers\.(\d+)\.", name)
-        if m:
-            todo = self.layer_todo[int(m.group(1))]
-            todo.discard(name)
-            if not todo:
-                layer = self.model.model.layers[int(m.group(1))]
-                quantize_linears(layer, self.cpu_quant)
-                layer.to(self.dtype)
-
-    def missing(self) -> list[str]:
-        return sorted(set(self.expected) - self.loaded)
-
-
-def build_model(cfg: dict[str, Any], tensors: Iterable[tuple[str, Any]], source: str = "the checkpoint",
-                device: str = "auto", dtype: str = "auto", quantize: str | None = None):
+def build_model(
+    cfg: dict[str, Any],
+    tensors: Iterable[tuple[str, Any]],
+    source: str = "the checkpoint",
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: str | None = None,
+    family: str = "chatglm2",
+):
     """GlmForCausalLM from a ChatGLM2 config dict and its (upstream name, tensor) pairs, consumed one by one.
 
     Each decoder layer is quantised (CPU int8/int4) as soon as its last tensor arrives. `benchmarks/generate.py`
@@ -259,22 +193,27 @@ def build_model(cfg: dict[str, Any], tensors: Iterable[tuple[str, Any]], source:
     from transformers import GlmForCausalLM
     from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-    config = glm_config_from_chatglm(cfg)
-    dev, torch_dtype, quantize = _resolve_device_dtype(device, dtype, quantize, count_params(cfg))
+    config = glm_config_from_chatglm(cfg, family)
+    dev, torch_dtype, quantize = resolve_device_dtype(device, dtype, quantize, count_params(cfg))
     cpu_quant = quantize if (quantize and dev.type == "cpu") else None
 
     with torch.device("meta"):
         model = GlmForCausalLM(config)
-    loader = _WeightLoader(model, config, dev, torch_dtype, cpu_quant)
+    loader = WeightLoader(
+        model,
+        layer_prefix="model.layers.",
+        layers=model.model.layers,
+        head="lm_head",
+        device=dev,
+        dtype=torch_dtype,
+        cpu_quant=cpu_quant,
+    )
     with torch.inference_mode():
         for raw_name, raw in tensors:
             for name, tensor in convert_tensor(raw_name, raw, config):
                 loader.assign(name, tensor)
             del raw
-    missing = loader.missing()
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ModelError(f"{source} is incomplete: missing weights for {shown}")
+    loader.raise_if_incomplete(source)
     # non-persistent buffers were created on the meta device: rebuild the rotary tables for real
     model.model.rotary_emb = GlmRotaryEmbedding(config).to(dev)
     if not cpu_quant:
@@ -288,15 +227,31 @@ def build_model(cfg: dict[str, Any], tensors: Iterable[tuple[str, Any]], source:
     return model
 
 
-def load(path: str | Path, device: str = "auto", dtype: str = "auto", quantize: str | None = None):
-    """(model, tokenizer) for a ChatGLM2 checkpoint: a local folder, or a hub id resolved via `resolve_model_path`.
+def load(
+    path: str | Path, device: str = "auto", dtype: str = "auto", quantize: str | None = None, family: str | None = None
+):
+    """(model, tokenizer) for a ChatGLM2 (or ChatGLM3) checkpoint: a local folder, or a hub id resolved via
+    `resolve_model_path`.
 
     `quantize`: None/"auto" (int8 for big models on CPU), "none", "int8" or "int4" (docqa.config.LLM_QUANTIZE).
-    The tokenizer is None when the folder has no tokenizer.model (e.g. the tiny test checkpoints).
+    `family` "chatglm2" | "chatglm3"; None decides from the folder's files (checkpoints.v3_evidence), which
+    matters for ChatGLM3's RoPE scaling and tokenizer. The tokenizer is None when the folder has no
+    tokenizer.model (e.g. the tiny test checkpoints). ChatGLM-6B (v1) folders: docqa.generate.chatglm.load.
     """
+    from docqa.generate.checkpoints import v3_evidence
+
     folder = resolve_model_path(path)
-    model = load_model(folder, device=device, dtype=dtype, quantize=quantize)
-    tok = ChatGLM2Tokenizer.from_dir(folder) if (folder / "tokenizer.model").is_file() else None
+    if family is None:
+        family = "chatglm3" if v3_evidence(folder) else "chatglm2"
+    model = load_model(folder, device=device, dtype=dtype, quantize=quantize, family=family)
+    tok = None
+    if (folder / "tokenizer.model").is_file():
+        if family == "chatglm3":
+            from docqa.generate.chatglm3_tokenizer import ChatGLM3Tokenizer
+
+            tok = ChatGLM3Tokenizer.from_dir(folder)
+        else:
+            tok = ChatGLM2Tokenizer.from_dir(folder)
     return model, tok
 
 
@@ -328,11 +283,17 @@ class ChatGLM2Generator(Generator):
 
     is_chat_model = True
 
-    def __init__(self, path: str | Path, device: str = "auto", dtype: str = "auto", max_context: int = 0,
-                 quantize: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_context: int = 0,
+        quantize: str | None = None,
+    ):
         folder = resolve_model_path(path)
         cfg = read_chatglm_config(folder)
-        self.model, tok = load(folder, device=device, dtype=dtype, quantize=quantize)
+        self.model, tok = load(folder, device=device, dtype=dtype, quantize=quantize, family="chatglm2")
         if tok is None:
             raise ModelError(f"{folder} has no tokenizer.model (copy it from THUDM/chatglm2-6b)")
         self.tokenizer: ChatGLM2Tokenizer = tok
@@ -346,11 +307,12 @@ class ChatGLM2Generator(Generator):
 
     def render(self, messages: Sequence[Message]) -> str:
         query, history = messages_to_query_history(messages)
-        return self.tokenizer.build_chat_prompt(query, history)
+        return self.tokenizer.build_prompt(query, history)
 
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
         options = options or GenerationOptions()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
         ids = self.tokenizer.encode(text)
-        yield from stream_text(self.model, ids, options, [self.tokenizer.eos_id], self.tokenizer.decode,
-                               self.context_length)  # fmt: skip
+        yield from stream_text(
+            self.model, ids, options, [self.tokenizer.eos_id], self.tokenizer.decode, self.context_length
+        )

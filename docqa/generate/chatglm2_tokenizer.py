@@ -3,12 +3,12 @@
 ChatGLM2-6B ships a SentencePiece model (`tokenizer.model`, 64,789 pieces) plus five special tokens appended
 after it; every prompt starts with `[gMASK]` `sop`:
 
-    >>> tok = ChatGLM2Tokenizer.from_dir("~/models/chatglm2-6b")
+    >>> tok = ChatGLM2Tokenizer.from_dir("tests/data/chatglm2")     # or ~/models/chatglm2-6b
     >>> tok.encode("你好")
     [64790, 64792, 36474, 54591]
     >>> tok.decode([36474, 54591])
     '你好'
-    >>> tok.build_chat_prompt("那 dpkg -S 呢？", [("What is APT?", "APT is Debian's package manager.")])
+    >>> tok.build_prompt("那 dpkg -S 呢？", [("What is APT?", "APT is Debian's package manager.")])
     "[Round 1]\\n\\n问：What is APT?\\n\\n答：APT is Debian's package manager.\\n\\n[Round 2]\\n\\n问：那 dpkg -S 呢？\\n\\n答："
 
 Behaviour matches THUDM's `tokenization_chatglm.py` (checked token for token in tests/test_chatglm2_tokenizer.py):
@@ -34,6 +34,9 @@ SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 class ChatGLM2Tokenizer:
     """Encode/decode text for ChatGLM2 exactly as upstream does, plus its `[Round n]` chat prompt."""
 
+    #: special tokens after the SentencePiece vocabulary (ChatGLM3's subclass adds its role tokens)
+    SPECIAL_TOKENS: tuple[str, ...] = SPECIAL_TOKENS
+
     def __init__(self, model_file: str | Path):
         import sentencepiece as spm
 
@@ -45,8 +48,8 @@ class ChatGLM2Tokenizer:
         except (OSError, RuntimeError) as exc:
             raise ModelError(f"{path} is not a valid SentencePiece model: {exc}") from exc
         self.sp_vocab_size: int = self._sp.vocab_size()
-        self.special_ids: dict[str, int] = {t: self.sp_vocab_size + i for i, t in enumerate(SPECIAL_TOKENS)}
-        self.vocab_size: int = self.sp_vocab_size + len(SPECIAL_TOKENS)
+        self.special_ids: dict[str, int] = {t: self.sp_vocab_size + i for i, t in enumerate(self.SPECIAL_TOKENS)}
+        self.vocab_size: int = self.sp_vocab_size + len(self.SPECIAL_TOKENS)
         self.bos_id: int = self._sp.bos_id()
         self.eos_id: int = self._sp.eos_id()
         # upstream pads with the unk id (SentencePiece's own pad id is -1 in this model)
@@ -88,7 +91,7 @@ class ChatGLM2Tokenizer:
     # -- chat -----------------------------------------------------------------------------------------------
 
     @staticmethod
-    def build_chat_prompt(query: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    def build_prompt(query: str, history: Sequence[tuple[str, str]] = ()) -> str:
         """The prompt ChatGLM2-6B was tuned on: numbered rounds of 问/答, ending with an open 答."""
         prompt = ""
         for i, (old_query, response) in enumerate(history):
@@ -96,5 +99,8 @@ class ChatGLM2Tokenizer:
         prompt += f"[Round {len(history) + 1}]\n\n问：{query}\n\n答："
         return prompt
 
+    #: the name this method had before the family shared `build_prompt`
+    build_chat_prompt = build_prompt
+
     def build_chat_input(self, query: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
-        return self.encode(self.build_chat_prompt(query, history))
+        return self.encode(self.build_prompt(query, history))

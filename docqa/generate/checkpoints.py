@@ -1,4 +1,4 @@
-"""ChatGLM2 checkpoints on disk: recognising a hub id, validating config.json, listing and reading weight files,
+"""ChatGLM checkpoints on disk: recognising a hub id, validating config.json, listing and reading weight files,
 finding a local copy and downloading one.
 
     >>> looks_like_hub_id("THUDM/chatglm2-6b"), looks_like_hub_id("./models/chatglm2-6b")
@@ -12,9 +12,12 @@ Where to look and whether to download come from the settings (`chatglm2_path`, `
 caller gets the same answer as the CLI. Nothing in a checkpoint folder is executed: `.bin` shards go through
 `torch.load(weights_only=True)`, and only ChatGLM2 layouts pass `read_chatglm_config`.
 
+Which member a folder holds (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B) is decided from its config files by
+`detect_family`, never by running them.
+
 Limits: a hub id is "owner/name" with letters, digits, `_`, `.` and `-` only (a relative path such as
 `models/chatglm2-6b` that does not exist is therefore taken for a hub id); ModelScope downloads need the
-`modelscope` package; the cache search only knows THUDM/chatglm2-6b* snapshots.
+`modelscope` package; the cache search only knows THUDM/chatglm{,2,3}-6b* snapshots.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from docqa.errors import ModelError
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 #: what a ChatGLM2 snapshot download fetches (no remote code, no pre-quantised extras)
-_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.bin", "tokenizer.model"]
+_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.bin", "tokenizer.model", "ice_text.model"]
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -40,27 +43,53 @@ def looks_like_hub_id(text: str) -> bool:
 # -- config.json ------------------------------------------------------------------------------------------------
 
 
-def read_chatglm_config(path: str | Path) -> dict[str, Any]:
-    """config.json of a ChatGLM2 checkpoint folder, validated; ModelError for anything we cannot run."""
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """config.json of any ChatGLM checkpoint folder (v1, v2, v3): parsed, `model_type: chatglm`, not
+    pre-quantised; ModelError otherwise. Member-specific checks are `read_chatglm_config`'s (v2/v3) and
+    `ChatGLM6BConfig.from_chatglm`'s (v1)."""
     cfg_file = Path(path) / "config.json"
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{path} has no config.json: not a ChatGLM2 checkpoint folder") from None
+        raise ModelError(f"{path} has no config.json: not a ChatGLM checkpoint folder") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {cfg_file}: {exc}") from exc
     if not isinstance(cfg, dict) or cfg.get("model_type") != "chatglm":
-        raise ModelError(f"{cfg_file} is not a ChatGLM config (model_type={cfg.get('model_type')!r})")
+        got = cfg.get("model_type") if isinstance(cfg, dict) else None
+        raise ModelError(f"{cfg_file} is not a ChatGLM config (model_type={got!r})")
     if cfg.get("quantization_bit"):
         raise ModelError(
-            f"{path} is a pre-quantised ChatGLM2 checkpoint (quantization_bit={cfg['quantization_bit']}), whose packed "
-            "weights need upstream's remote code. Use the full THUDM/chatglm2-6b weights; docqa quantises them "
-            "itself (int8 by default on CPU, --quantize int4 for 4-bit)."
+            f"{path} is a pre-quantised ChatGLM checkpoint (quantization_bit={cfg['quantization_bit']}), whose packed "
+            "weights need upstream's remote code. Use the full THUDM weights (chatglm-6b, chatglm2-6b, chatglm3-6b); "
+            "docqa quantises them itself (int8 by default on CPU, --quantize int4 for 4-bit)."
         )
-    missing = [k for k in ("num_layers", "hidden_size", "kv_channels", "ffn_hidden_size", "padded_vocab_size",
-                           "num_attention_heads") if k not in cfg]
+    return cfg
+
+
+def read_chatglm_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a ChatGLM2/ChatGLM3 checkpoint folder, validated; ModelError for anything we cannot run
+    with the ChatGLM2 network (a ChatGLM-6B v1 folder included: docqa.generate.chatglm.load takes those)."""
+    cfg_file = Path(path) / "config.json"
+    cfg = read_config_json(path)
+    if "multi_query_attention" not in cfg and "inner_hidden_size" in cfg:
+        raise ModelError(
+            f"{path} holds ChatGLM-6B (v1), not the ChatGLM2 network: load it with "
+            "docqa.generate.chatglm.load (or --model, which picks the family itself)"
+        )
+    missing = [
+        k
+        for k in (
+            "num_layers",
+            "hidden_size",
+            "kv_channels",
+            "ffn_hidden_size",
+            "padded_vocab_size",
+            "num_attention_heads",
+        )
+        if k not in cfg
+    ]
     if missing:
-        raise ModelError(f"{cfg_file} lacks {', '.join(missing)}: ChatGLM-6B (v1) and other layouts are not supported")
+        raise ModelError(f"{cfg_file} lacks {', '.join(missing)}: not a ChatGLM2/ChatGLM3 layout docqa can load")
     unsupported = {
         "rmsnorm": (True, "LayerNorm variant"),
         "post_layer_norm": (True, "no final norm"),
@@ -72,6 +101,96 @@ def read_chatglm_config(path: str | Path) -> dict[str, Any]:
         if cfg.get(key, want) != want:
             raise ModelError(f"{cfg_file}: {key}={cfg[key]} ({what}) is not supported by docqa's ChatGLM2 loader")
     return cfg
+
+
+# -- which member of the family -------------------------------------------------------------------------------
+
+#: the ChatGLM members docqa runs: ChatGLM-6B (v1), ChatGLM2-6B, ChatGLM3-6B (docqa.config.MODEL_FAMILIES less auto)
+FAMILIES = ("chatglm", "chatglm2", "chatglm3")
+#: the tokenizer file each member ships
+TOKENIZER_FILES = {"chatglm": "ice_text.model", "chatglm2": "tokenizer.model", "chatglm3": "tokenizer.model"}
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_v1_layout(cfg: dict[str, Any]) -> bool:
+    """True for a ChatGLM-6B (v1) config.json: it has no `multi_query_attention` (v2 and v3 always do) and
+    v1's own fields (`inner_hidden_size`, `position_encoding_2d`) or none of v2's (`kv_channels`)."""
+    if "multi_query_attention" in cfg:
+        return False
+    return "inner_hidden_size" in cfg or "position_encoding_2d" in cfg or "kv_channels" not in cfg
+
+
+_V3_TEMPLATE_MARKS = ("<|user|>", "<|assistant|>", "<|system|>", "<|observation|>", "<|{{")
+
+
+def v3_evidence(path: str | Path, cfg: dict[str, Any] | None = None) -> str | None:
+    """Why a ChatGLM2-network folder holds ChatGLM3 (a short reason), or None when nothing says so.
+
+    The two share config.json's layout, so only names and the chat template tell them apart: config.json's
+    `_name_or_path`, tokenizer_config.json's `name_or_path`, or a `chat_template` there with ChatGLM3's role
+    tokens (`<|user|>`, `<|assistant|>`, ... or the `<|{{ role }}|>` form)."""
+    folder = Path(path)
+    cfg = _read_json(folder / "config.json") if cfg is None else cfg
+    tok_cfg = _read_json(folder / "tokenizer_config.json")
+    for where, value in (
+        ("config.json _name_or_path", cfg.get("_name_or_path")),
+        ("tokenizer_config.json name_or_path", tok_cfg.get("name_or_path")),
+    ):
+        if isinstance(value, str) and "chatglm3" in value.lower():
+            return f"{where} is {value!r}"
+    template = tok_cfg.get("chat_template")
+    if isinstance(template, list):  # the multi-template form: [{"name": ..., "template": ...}]
+        template = " ".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    # the published template writes the role tokens as "<|{{ message['role'] }}|>" plus a literal <|assistant|>
+    if isinstance(template, str) and any(t in template for t in _V3_TEMPLATE_MARKS):
+        return "tokenizer_config.json's chat_template uses ChatGLM3's role tokens"
+    return None
+
+
+def detect_family(path: str | Path, override: str = "auto") -> str:
+    """ "chatglm" (ChatGLM-6B v1), "chatglm2" or "chatglm3" for a checkpoint folder, from its config files only.
+
+    v1 is told by its layout (`is_v1_layout`); between v2 and v3, which share one, `v3_evidence` decides and
+    "chatglm2" is the default. `override` (the `model_family` setting) other than "auto" picks v2 or v3 for an
+    ambiguous folder; an override that contradicts the layout (v1 weights called chatglm3, or the reverse) is a
+    ModelError, since that network could not load them anyway.
+
+        >>> detect_family("tests/data/chatglm6b/tiny-chatglm6b"), detect_family("tests/data/chatglm2/tiny-chatglm2")
+        ('chatglm', 'chatglm2')
+    """
+    if override not in ("auto", *FAMILIES):
+        raise ModelError(f"unknown model family {override!r}: use auto, {', '.join(FAMILIES)} (model_family)")
+    cfg = read_config_json(path)
+    layout = "chatglm" if is_v1_layout(cfg) else "chatglm2"
+    if override != "auto":
+        if (override == "chatglm") != (layout == "chatglm"):
+            what = "ChatGLM-6B (v1)" if layout == "chatglm" else "ChatGLM2/ChatGLM3"
+            raise ModelError(
+                f"model_family={override} but {path} holds the {what} layout (config.json); "
+                "set model_family to auto or to the member the folder holds"
+            )
+        return override
+    if layout == "chatglm":
+        return "chatglm"
+    return "chatglm3" if v3_evidence(path, cfg) else "chatglm2"
+
+
+def is_chatglm_checkpoint(path: str | Path) -> bool:
+    """True when `path` is a folder holding any ChatGLM member docqa can load (by its config.json)."""
+    try:
+        cfg = read_config_json(path)
+        if not is_v1_layout(cfg):
+            read_chatglm_config(path)
+        return True
+    except ModelError:
+        return False
 
 
 def is_chatglm2_checkpoint(path: str | Path) -> bool:
@@ -88,8 +207,10 @@ def is_chatglm2_checkpoint(path: str | Path) -> bool:
 
 def weight_files(folder: Path) -> list[Path]:
     """The checkpoint's weight files in load order; safetensors preferred over .bin when both exist."""
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         index = folder / index_name
         if index.is_file():
             try:
@@ -103,14 +224,16 @@ def weight_files(folder: Path) -> list[Path]:
                 if shard.parent != folder.resolve():
                     raise ModelError(f"{index} points outside the checkpoint folder: {n!r}")
                 if not shard.is_file():
-                    raise ModelError(f"{folder} is incomplete: shard {n} listed in {index_name} is missing "
-                                     "(re-download the model)")
+                    raise ModelError(
+                        f"{folder} is incomplete: shard {n} listed in {index_name} is missing (re-download the model)"
+                    )
                 files.append(shard)
             return files
         if (folder / single).is_file():
             return [folder / single]
-    raise ModelError(f"no weights in {folder}: expected *.safetensors or pytorch_model*.bin "
-                     "(with their index json when sharded)")
+    raise ModelError(
+        f"no weights in {folder}: expected *.safetensors or pytorch_model*.bin (with their index json when sharded)"
+    )
 
 
 def iter_checkpoint_tensors(folder: str | Path) -> Iterator[tuple[str, Any]]:
@@ -131,8 +254,10 @@ def iter_checkpoint_tensors(folder: str | Path) -> Iterator[tuple[str, Any]]:
         except ModelError:
             raise
         except Exception as exc:  # truncated zip, disallowed pickle global, bad header...: all mean "bad file"
-            raise ModelError(f"cannot read weight file {file}: {type(exc).__name__}: {exc} "
-                             "(the file is truncated, corrupt or not a plain weights file; re-download it)") from exc
+            raise ModelError(
+                f"cannot read weight file {file}: {type(exc).__name__}: {exc} "
+                "(the file is truncated, corrupt or not a plain weights file; re-download it)"
+            ) from exc
         if not isinstance(state, dict):
             raise ModelError(f"{file} does not hold a dict of tensors")
         for key in list(state):
@@ -150,8 +275,10 @@ def _download_modelscope(repo_id: str) -> Path:
     try:
         from modelscope import snapshot_download as ms_download
     except ImportError:
-        raise ModelError(f"{repo_id} is a ModelScope id but the modelscope package is not installed "
-                         "(pip install modelscope), or download the model and pass its folder") from None
+        raise ModelError(
+            f"{repo_id} is a ModelScope id but the modelscope package is not installed "
+            "(pip install modelscope), or download the model and pass its folder"
+        ) from None
     try:
         return Path(ms_download(repo_id))
     except Exception as exc:
@@ -166,10 +293,15 @@ def _download_huggingface(repo_id: str, offline: bool) -> Path:
     try:
         return Path(snapshot_download(repo_id, local_files_only=offline, allow_patterns=_DOWNLOAD_PATTERNS))
     except Exception as exc:
-        how = ("offline (HF_HUB_OFFLINE / DOCQA_OFFLINE is set) and the model is not in the local cache" if offline
-               else f"download failed ({type(exc).__name__}: {exc})")
-        raise ModelError(f"cannot get {repo_id}: {how}. Download it (e.g. `huggingface-cli download {repo_id}`) or "
-                         "set DOCQA_CHATGLM2_PATH to a local chatglm2-6b folder.") from exc
+        how = (
+            "offline (HF_HUB_OFFLINE / DOCQA_OFFLINE is set) and the model is not in the local cache"
+            if offline
+            else f"download failed ({type(exc).__name__}: {exc})"
+        )
+        raise ModelError(
+            f"cannot get {repo_id}: {how}. Download it (e.g. `huggingface-cli download {repo_id}`) or "
+            "set DOCQA_CHATGLM2_PATH to a local chatglm2-6b folder."
+        ) from exc
 
 
 def resolve_model_path(path: str | Path, *, model_hub: str | None = None, offline: bool | None = None) -> Path:
@@ -195,11 +327,31 @@ def resolve_model_path(path: str | Path, *, model_hub: str | None = None, offlin
     return _download_huggingface(text, offline)
 
 
-def find_local_checkpoint(chatglm2_path: str | Path | None = None, hf_cache: str | Path | None = None) -> Path | None:
-    """A ChatGLM2-6B folder: `chatglm2_path` when set (None if it is not a checkpoint), else the newest complete
-    THUDM/chatglm2-6b* snapshot in the Hugging Face cache `hf_cache`, else None.
+#: Hugging Face cache folders `find_local_checkpoint` looks in, in order of preference
+CACHE_PATTERNS = ("models--THUDM--chatglm2-6b*", "models--THUDM--chatglm3-6b*", "models--THUDM--chatglm-6b*")
 
-    Either argument left as None comes from the settings (DOCQA_CHATGLM2_PATH; HF_HUB_CACHE / HF_HOME).
+
+def usable_checkpoint(folder: Path) -> bool:
+    """A loadable member with its tokenizer file and every weight shard present."""
+    if not (folder.is_dir() and is_chatglm_checkpoint(folder)):
+        return False
+    try:
+        family = detect_family(folder)
+        weight_files(folder)
+    except ModelError:
+        return False
+    return (folder / TOKENIZER_FILES[family]).is_file()
+
+
+def find_local_checkpoint(
+    chatglm2_path: str | Path | None = None, hf_cache: str | Path | None = None, *, family: str | None = None
+) -> Path | None:
+    """A ChatGLM folder: `chatglm2_path` when set (None if it is not a checkpoint of any member), else the newest
+    complete THUDM/chatglm2-6b* snapshot in the Hugging Face cache `hf_cache`, else chatglm3-6b*, else
+    chatglm-6b*, else None. `family` ("chatglm" | "chatglm2" | "chatglm3") keeps only that member: then
+    `chatglm2_path` counts only when it holds that member, and the cache is searched otherwise.
+
+    Either path left as None comes from the settings (DOCQA_CHATGLM2_PATH; HF_HUB_CACHE / HF_HOME).
     """
     if chatglm2_path is None or hf_cache is None:
         from docqa.config import load_settings
@@ -209,13 +361,16 @@ def find_local_checkpoint(chatglm2_path: str | Path | None = None, hf_cache: str
         hf_cache = s.hf_cache if hf_cache is None else hf_cache
     if str(chatglm2_path):
         p = Path(chatglm2_path).expanduser()
-        return p if is_chatglm2_checkpoint(p) else None
+        if family is None:
+            return p if is_chatglm_checkpoint(p) else None
+        try:  # asked for by name: an ambiguous v2/v3 folder counts as the member asked for
+            if is_chatglm_checkpoint(p) and detect_family(p, family):
+                return p
+        except ModelError:
+            pass
     hub = Path(hf_cache).expanduser()
-    for snap in sorted(hub.glob("models--THUDM--chatglm2-6b*/snapshots/*"), reverse=True):
-        if snap.is_dir() and is_chatglm2_checkpoint(snap) and (snap / "tokenizer.model").is_file():
-            try:
-                weight_files(snap)
-            except ModelError:
-                continue
-            return snap
+    for pattern in CACHE_PATTERNS:
+        for snap in sorted(hub.glob(f"{pattern}/snapshots/*"), reverse=True):
+            if usable_checkpoint(snap) and (family is None or detect_family(snap) == family):
+                return snap
     return None

@@ -52,8 +52,8 @@ QUESTION_LABELS = ("question:", "问题：", "问题:")
 def default_cache_dir(cache_root: str | Path | None = None) -> Path:
     """`cache_root/demo-gemma3-270m`; `cache_root` defaults to the `cache` setting (DOCQA_CACHE, ~/.cache/docqa).
 
-        >>> default_cache_dir("/var/cache/docqa")
-        PosixPath('/var/cache/docqa/demo-gemma3-270m')
+    >>> default_cache_dir("/var/cache/docqa")
+    PosixPath('/var/cache/docqa/demo-gemma3-270m')
     """
     if cache_root is None:
         from ..config import load_settings
@@ -278,8 +278,14 @@ class DemoGenerator(Generator):
         options = options or GenerationOptions()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
         ids = self.tokenizer(text)["input_ids"]  # with <bos>, which Gemma needs
-        pieces = stream_text(self.model, ids, options, self.eos_ids,
-                             lambda t: self.tokenizer.decode(t, skip_special_tokens=True), self.context_length)  # fmt: skip
+        pieces = stream_text(
+            self.model,
+            ids,
+            options,
+            self.eos_ids,
+            lambda t: self.tokenizer.decode(t, skip_special_tokens=True),
+            self.context_length,
+        )
         try:
             yield from cut_runaway(pieces)
         finally:

@@ -63,12 +63,18 @@ class Int8WeightOnlyLinear(nn.Module):
 class Int4WeightOnlyLinear(nn.Module):
     """4-bit asymmetric weights in groups of `group_size` along the input, bf16 activations (x86 CPU kernel)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int = 128,
-                 act_dtype: torch.dtype = torch.bfloat16):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int = 128,
+        act_dtype: torch.dtype = torch.bfloat16,
+    ):
         super().__init__()
         n, k = weight.shape
-        # the packed kernel wants groups of 32..256 dividing in_features; tiny test shapes fall back to unpacked
-        self.packed = k % 32 == 0
+        # the packed kernel wants groups of 32..256 dividing in_features and out_features in multiples of 16;
+        # tiny test shapes (ChatGLM-6B's 1,100-word test vocabulary) fall back to unpacked
+        self.packed = k % 32 == 0 and n % 16 == 0
         group_size = next((g for g in (group_size, 64, 32) if k % g == 0), math.gcd(k, 32))
         w = weight.float().reshape(n, k // group_size, group_size)
         lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
@@ -121,6 +127,8 @@ def gpu_quantize(model: nn.Module, scheme: str) -> None:
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError:
-        raise ModelError(f"--quantize {scheme} on GPU needs the torchao package (pip install torchao), "
-                         "or run without quantisation (--quantize none: bf16/fp16)") from None
+        raise ModelError(
+            f"--quantize {scheme} on GPU needs the torchao package (pip install torchao), "
+            "or run without quantisation (--quantize none: bf16/fp16)"
+        ) from None
     quantize_(model, Int8WeightOnlyConfig() if scheme == "int8" else Int4WeightOnlyConfig())

@@ -53,6 +53,7 @@ _CAPS_HEADING = re.compile(
 )
 _INFO_MENU = re.compile(r"^\* [^:]{1,60}:{1,2}\s*[^.]{0,60}\.?$")  # "* --separate: Command-Line Options."
 _MD_HEADING = re.compile(r"^\s*#{1,6}\s+\S")
+_MD_WORD_HEADING = re.compile(r"^#\s+[\w.+-]+$")
 _UNDERLINE = re.compile(r"^\s*([=*\-~^#+])\1{2,}\s*$")
 _OPTION_START = re.compile(r"^\s*--?[A-Za-z0-9?]")
 # an option term: "-w, --word-regexp", "-C NUM, --context=NUM", "--block-size=大小", "-name pattern",
@@ -67,6 +68,7 @@ _CMD_WITH_OPTION = re.compile(
     rf"^[a-z][\w.+-]*(?:\s+[\w./'*<>\[\]{CJK}-]+)*?\s+--?[A-Za-z][\w-]*(?:\s+[^\s，。；：]+){{0,4}}$"
 )
 _END_PUNCT = ".?!,;:。？！，；：、"
+_SENTENCE_END = (".", "。", "!", "！", "?", "？", ";", "；", ":", "：")
 _ABBREV = frozenset("e.g i.e etc vs cf al fig mr mrs ms dr st jr sr approx resp incl esp ca vol ch sec eq p pp".split())
 
 
@@ -126,7 +128,13 @@ def _sentence_end(text: str, start: int, i: int) -> int | None:
         while j < n and text[j] in "”’」』）)\"'":
             j += 1
         return j
-    if ch == "." and (i + 1 == n or text[i + 1].isspace()) and i > 0 and not text[i - 1].isspace() and text[i - 1] != ".":
+    if (
+        ch == "."
+        and (i + 1 == n or text[i + 1].isspace())
+        and i > 0
+        and not text[i - 1].isspace()
+        and text[i - 1] != "."
+    ):
         word = re.search(r"([\w.]+)$", text[start:i])
         w = word.group(1).lower() if word else ""
         if w.rstrip(".") in _ABBREV or (len(w) == 1 and w.isalpha() and w.isupper()):
@@ -160,11 +168,12 @@ def _sentence_spans(text: str, base: int) -> list[tuple[int, int]]:
 def split_units(text: str) -> list[Unit]:
     """The answer units of one passage, in reading order.
 
-        >>> [(u.kind, u.text) for u in split_units("用法如下：\\ntar -xzf foo.tar.gz\\n解压到当前目录。见 os.path.join 和 3.4.1 版。")]
-        [('sentence', '用法如下：'), ('command', 'tar -xzf foo.tar.gz'), ('sentence', '解压到当前目录。'),
-         ('sentence', '见 os.path.join 和 3.4.1 版。')]
-        >>> split_units("| option | meaning |\\n|---|---|\\n| -x | extract |")[-1].text
-        'option: -x; meaning: extract'
+    >>> [(u.kind, u.text) for u in split_units("用法如下：\\ntar -xzf foo.tar.gz\\n解压到当前目录。见 os.path.join 和 3.4.1 版。")]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('sentence', '用法如下：'), ('command', 'tar -xzf foo.tar.gz'), ('sentence', '解压到当前目录。'),
+     ('sentence', '见 os.path.join 和 3.4.1 版。')]
+    >>> split_units("| option | meaning |\\n|---|---|\\n| -x | extract |")[-1].text
+    'option: -x; meaning: extract'
     """
     return _Splitter(text).run()
 
@@ -293,7 +302,11 @@ class _Splitter:
         nxt, nxt2 = self._line_at(i + 1), self._line_at(i + 2)
         if PROMPT.match(s):
             self._flush_para()
-            self._add("command", a, off + len(s))
+            prev = self._line_at(i - 1)
+            # "# nginx" standing alone between blank lines is a Markdown heading, not a root prompt with a bare
+            # command ("# apt-get install nginx" has arguments, and a prompt line sits in a code block)
+            alone = (prev is None or not prev.strip()) and (nxt is None or not nxt.strip())
+            self._add("heading" if alone and _MD_WORD_HEADING.match(st) else "command", a, off + len(s))
             return i + 1
         # a definition: a term line followed by more-indented description lines (man pages, tar's examples)
         nxt_is_term = bool(nxt2 and nxt2.strip() and nxt and _indent(nxt2) > _indent(nxt) + 1)
@@ -317,13 +330,25 @@ class _Splitter:
         if _OPTION_TERM.match(s) and nxt is not None and nxt.strip() and not _OPTION_START.match(nxt):
             if not (nxt.strip().isascii() and looks_like_code_line(nxt, s, None)):
                 self._flush_para()
-                _definition(self.text, a, off + len(s), [self.lines[i + 1]], self._add)
-                return i + 2
+                j = self._wrapped_end(i + 1)
+                _definition(self.text, a, off + len(s), self.lines[i + 1 : j], self._add)
+                return j
         if _OPTION_START.match(s) and _HAS_CJK.search(st) and not _BULLET.match(s):
             self._flush_para()  # "--help 显示此帮助信息并退出": term and description on one line
             self._add("item", a, off + len(s))
             return i + 1
         return None
+
+    def _wrapped_end(self, i: int) -> int:
+        """The index after line `i` and the lines that continue its unfinished sentence: same indentation, not
+        blank, not an option ("在找到 NUM" / "个匹配的行之后，不再读这个文件。" wrapped by the manual's layout)."""
+        j = i + 1
+        while j < len(self.lines) and not self.lines[j - 1][1].rstrip().endswith(_SENTENCE_END):
+            line = self.lines[j][1]
+            if not line.strip() or _indent(line) != _indent(self.lines[i][1]) or _OPTION_START.match(line):
+                break
+            j += 1
+        return j
 
     def _line(self, i: int) -> int:
         """A heading, a list item, a command line, or a line of prose (kept for its paragraph): the next index."""
@@ -331,8 +356,11 @@ class _Splitter:
         st = s.strip()
         a = off + _indent(s)
         prev, nxt = self._line_at(i - 1), self._line_at(i + 1)
-        if _MD_HEADING.match(s) or (_NUMBERED_HEADING.match(s) and len(st) < 120) or _CAPS_HEADING.match(st) or (
-            _INFO_MENU.match(st)
+        if (
+            _MD_HEADING.match(s)
+            or (_NUMBERED_HEADING.match(s) and len(st) < 120)
+            or _CAPS_HEADING.match(st)
+            or (_INFO_MENU.match(st))
         ):
             self._flush_para()
             end = off + len(s)

@@ -1,12 +1,15 @@
 """Turn a file into a `Document`: dispatch by extension, checked against the file's content.
 
     >>> from pathlib import Path
-    >>> is_supported(Path("notes.md")), is_supported(Path("photo.jpg"))
-    (True, False)
+    >>> is_supported(Path("notes.md")), is_supported(Path("photo.jpg")), is_supported(Path("song.mp3"))
+    (True, True, False)
     >>> doc = load_file(Path("manual.pdf"))          # doctest: +SKIP
 
-Formats: .pdf; .md/.markdown/.mdown/.mkd; plain text (.txt/.text/.rst/.log/.csv/.tsv/.ini/.cfg/.conf/.json/.yaml/
-.yml/.toml/.tex/.srt, and README-like names without a suffix); .html/.htm/.xhtml; .docx.
+Formats: .pdf (OCR for pages without a text layer); .md/.markdown/.mdown/.mkd; plain text (.txt/.text/.rst/.log/
+.ini/.cfg/.conf/.json/.yaml/.yml/.toml/.tex/.srt, and README-like names without a suffix); .html/.htm/.xhtml;
+.docx; images (.png/.jpg/.jpeg/.tif/.tiff/.webp/.bmp, through OCR); .pptx; .xlsx/.xlsm; .csv/.tsv; .epub; .eml;
+.odt/.ods/.odp; .rtf; .doc (through antiword or catdoc, when installed).
+`load_file(path, ocr="auto"|"always"|"never")` runs the loader under that OCR mode (docqa/load/ocr.py).
 
 Content wins over the name where it is unambiguous: a file starting with `%PDF-` is loaded as a PDF whatever its
 suffix (metadata["format"] says "pdf"); a text-named file that is binary is rejected with LoadError("binary file")
@@ -20,6 +23,7 @@ isolation). `register_loader` lets plugins (and tests) add formats by suffix.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,16 +35,77 @@ Loader = Callable[[Path], Document]
 
 PDF_SUFFIXES = frozenset({".pdf"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdown", ".mkd", ".mkdn"})
-TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst", ".log", ".csv", ".tsv", ".ini", ".cfg", ".conf", ".json",
-                           ".yaml", ".yml", ".toml", ".tex", ".srt", ".org", ".adoc", ".asciidoc"})
+TEXT_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".text",
+        ".rst",
+        ".log",
+        ".ini",
+        ".cfg",
+        ".conf",
+        ".json",
+        ".yaml",
+        ".yml",
+        ".toml",
+        ".tex",
+        ".srt",
+        ".org",
+        ".adoc",
+        ".asciidoc",
+    }
+)
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 DOCX_SUFFIXES = frozenset({".docx"})
-SUPPORTED_SUFFIXES: frozenset[str] = PDF_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES | HTML_SUFFIXES | DOCX_SUFFIXES
+#: the other formats, suffix -> kind (each kind is one module of docqa/load, loaded on first use)
+KIND_BY_SUFFIX = {
+    **{s: "image" for s in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")},
+    ".pptx": "pptx",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".epub": "epub",
+    ".eml": "eml",
+    ".odt": "odf",
+    ".ods": "odf",
+    ".odp": "odf",
+    ".rtf": "rtf",
+    ".doc": "doc",
+}
+SUPPORTED_SUFFIXES: frozenset[str] = (
+    PDF_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES | HTML_SUFFIXES | DOCX_SUFFIXES | frozenset(KIND_BY_SUFFIX)
+)
 # Suffix-less files with these names are plain text (README, LICENSE...).
-TEXT_NAMES = frozenset({"readme", "license", "licence", "copying", "changelog", "changes", "news", "authors",
-                        "install", "todo", "notice", "contributing"})
+TEXT_NAMES = frozenset(
+    {
+        "readme",
+        "license",
+        "licence",
+        "copying",
+        "changelog",
+        "changes",
+        "news",
+        "authors",
+        "install",
+        "todo",
+        "notice",
+        "contributing",
+    }
+)
 
 _extra: dict[str, Loader] = {}
+_PATH_LOADERS = {
+    "image": ("docqa.load.image", "load_image"),
+    "pptx": ("docqa.load.pptx", "load_pptx"),
+    "xlsx": ("docqa.load.tabular", "load_xlsx"),
+    "csv": ("docqa.load.tabular", "load_delimited"),
+    "epub": ("docqa.load.epub", "load_epub"),
+    "eml": ("docqa.load.eml", "load_eml"),
+    "odf": ("docqa.load.odf", "load_odf"),
+    "rtf": ("docqa.load.legacy", "load_rtf"),
+    "doc": ("docqa.load.legacy", "load_doc"),
+}
 
 
 def register_loader(suffix: str, loader: Loader) -> None:
@@ -60,6 +125,8 @@ def _kind(path: Path) -> str | None:
         return "html"
     if suffix in DOCX_SUFFIXES:
         return "docx"
+    if suffix in KIND_BY_SUFFIX:
+        return KIND_BY_SUFFIX[suffix]
     if suffix in TEXT_SUFFIXES or (not suffix and path.name.lower().split(".")[0] in TEXT_NAMES):
         return "text"
     return None
@@ -70,8 +137,14 @@ def is_supported(path: Path) -> bool:
     return _kind(Path(path)) is not None
 
 
-def load_file(path: Path) -> Document:
-    """Load one file into a Document, or raise LoadError with a short reason."""
+def load_file(path: Path, ocr: str | None = None) -> Document:
+    """Load one file into a Document, or raise LoadError with a short reason; `ocr` sets the OCR mode for it
+    (None = the mode in force, "auto" unless a caller set another with `docqa.load.ocr.ocr_mode`)."""
+    if ocr is not None:
+        from docqa.load.ocr import ocr_mode
+
+        with ocr_mode(ocr):
+            return load_file(path)
     path = Path(path)
     kind = _kind(path)
     if kind is None:
@@ -120,6 +193,9 @@ def _dispatch(kind: str, path: Path) -> Document:
         from docqa.load.docx import load_docx
 
         return load_docx(path)
+    if kind in _PATH_LOADERS:
+        module, name = _PATH_LOADERS[kind]
+        return getattr(importlib.import_module(module), name)(path)
     data = path.read_bytes()
     if kind == "html":
         from docqa.load.html import load_html

@@ -6,13 +6,15 @@
 
 Headings: paragraphs styled `Title` (level 1, also metadata["title"]) or `Heading N`, or with an outline level
 (`w:outlineLvl`, on the paragraph or its style chain). Table rows become lines with cells joined by " | "
-(horizontally merged cells once); nested tables are flattened into their cell's text.
+(horizontally merged cells once); nested tables are flattened into their cell's text. Each table's span and
+header row go into metadata["tables"], so chunks never split a row and repeat the header (docqa/chunk.py).
 
 Safety, checked before python-docx sees the file: the zip's declared sizes (Python's zipfile never inflates a
 member past its declared size, so they are binding) must stay under MAX_UNCOMPRESSED in total, no large member may
 inflate more than MAX_RATIO times, and no XML part may carry a DOCTYPE (Word never writes one; it is how entity
 bombs and external entities get in). python-docx's own parser also has resolve_entities=False.
-Limits: headers, footers, footnotes, comments and text boxes are not read; .doc (binary Word) is unsupported.
+A document with no text but pictures (a scan pasted into Word) has its pictures OCR'd (docqa/load/image.py).
+Limits: headers, footers, footnotes, comments and text boxes are not read; .doc is docqa/load/legacy.py's.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ _HEADING = re.compile(r"^heading\s*(\d)$", re.I)
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
 
-def check_zip(path: Path) -> None:
-    """Reject zip bombs and DTD-carrying XML parts by inspection, before anything is inflated in bulk."""
+def check_zip(
+    path: Path, label: str = "DOCX", xml_suffixes: tuple[str, ...] = (".xml", ".rels"), allow_doctype: bool = False
+) -> None:
+    """Reject zip bombs and DTD-carrying XML parts by inspection, before anything is inflated in bulk.
+    Shared by every zip-based format (DOCX, XLSX, PPTX, EPUB, ODF); `label` names the format in messages;
+    `allow_doctype` lets a bare DOCTYPE through (EPUB's XHTML has one) while entity declarations stay refused."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -48,19 +54,22 @@ def check_zip(path: Path) -> None:
                 if i.file_size > RATIO_MIN_SIZE and i.file_size > MAX_RATIO * max(i.compress_size, 1):
                     raise LoadError(f"zip bomb? ({i.filename} inflates {i.file_size // max(i.compress_size, 1)}x)")
             for i in infos:
-                if i.filename.endswith((".xml", ".rels")):
+                if i.filename.lower().endswith(xml_suffixes):
                     with zf.open(i) as f:
                         head = f.read(4096)
-                    probe = head.decode("utf-16") if head.startswith((b"\xff\xfe", b"\xfe\xff")) else head.decode(
-                        "utf-8", "ignore")
-                    if "<!DOCTYPE" in probe.upper() or "<!ENTITY" in probe.upper():
-                        raise LoadError(f"DOCX part {i.filename} has a DTD (XML entity bomb?)")
+                    probe = (
+                        head.decode("utf-16")
+                        if head.startswith((b"\xff\xfe", b"\xfe\xff"))
+                        else head.decode("utf-8", "ignore")
+                    )
+                    if "<!ENTITY" in probe.upper() or ("<!DOCTYPE" in probe.upper() and not allow_doctype):
+                        raise LoadError(f"{label} part {i.filename} has a DTD (XML entity bomb?)")
     except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError, zlib.error) as e:
         # a damaged directory makes zipfile seek to negative offsets (OSError), read past the end (EOFError), meet
         # unknown compression (NotImplementedError) or encryption (RuntimeError)
-        raise LoadError(f"corrupt DOCX ({e})") from None
+        raise LoadError(f"corrupt {label} ({e})") from None
     except UnicodeDecodeError:
-        raise LoadError("corrupt DOCX (undecodable XML part)") from None
+        raise LoadError(f"corrupt {label} (undecodable XML part)") from None
 
 
 def _style_level(style: Any) -> int | None:
@@ -133,8 +142,17 @@ def load_docx(path: Path) -> Document:
 
     try:
         d = docx.Document(str(path))
-    except (PackageNotFoundError, KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError, NotImplementedError,
-            RuntimeError, zlib.error) as e:
+    except (
+        PackageNotFoundError,
+        KeyError,
+        ValueError,
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        NotImplementedError,
+        RuntimeError,
+        zlib.error,
+    ) as e:
         raise LoadError(f"corrupt DOCX ({type(e).__name__}: {e})") from None
     if d.element.tag != f"{_W}document" or d.element.find(f"{_W}body") is None:
         # python-docx takes any XML as the main part and fails later with AttributeError
@@ -154,10 +172,16 @@ def load_docx(path: Path) -> Document:
         parts.append(line)
         pos += len(line)
 
+    tables: list[list[int]] = []
     for item in d.iter_inner_content():
         if hasattr(item, "rows"):
-            for line in _table_lines(item):
+            lines = _table_lines(item)
+            for k, line in enumerate(lines):
                 emit(line)
+                if k == 0:
+                    t_start, t_header = pos - len(line), pos
+            if len(lines) > 1:  # the chunker keeps rows whole and repeats the header row (docqa/chunk.py)
+                tables.append([t_start, pos, t_header])
             continue
         text = item.text.replace("\r", "")
         if not text.strip():
@@ -179,4 +203,24 @@ def load_docx(path: Path) -> Document:
             meta["title"] = d.core_properties.title
     except Exception:
         pass
-    return Document(source=str(path), text="".join(parts), sections=sections, metadata=meta)
+    if tables:
+        meta["tables"] = tables
+    text = "".join(parts)
+    if not text.strip():  # a scan pasted into Word: its pictures are the content
+        text = _ocr_media(path)
+        if text:
+            meta["ocr_pages"] = [1]
+    return Document(source=str(path), text=text, sections=sections, metadata=meta)
+
+
+def _ocr_media(path: Path) -> str:
+    """OCR the pictures in word/media/ in their numeric order (image1, image2, ... image10)."""
+    from docqa.load.image import images_to_text
+
+    def order(name: str) -> tuple[int, str]:
+        digits = "".join(c for c in name if c.isdigit())
+        return (int(digits) if digits else 0, name)
+
+    with zipfile.ZipFile(path) as zf:
+        names = sorted((n for n in zf.namelist() if n.startswith("word/media/")), key=order)
+        return images_to_text([zf.read(n) for n in names[:200]])

@@ -9,15 +9,15 @@ their superset GB18030, latin-1/ascii as cp1252 as browsers do), then the shared
 Dropped: script, style, noscript, template, nav, aside, svg, canvas, iframe, object, embed, elements marked
 `hidden`/`aria-hidden="true"`/`display:none`, and header/footer that are page chrome (outside article/main —
 an article's own <header> often holds its h1). Whitespace inside inline content collapses to one space; <pre>
-keeps it; table cells are joined with " | ", one row per line.
+keeps it; table cells are joined with " | ", one row per line, and each outermost table's span and header row go
+into metadata["tables"] (docqa/chunk.py keeps rows whole and repeats the header in each chunk of the table).
 Limits: no CSS rendering (text hidden by stylesheets stays), no JavaScript (client-rendered pages come out empty).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +25,78 @@ from docqa.documents import Document, Section
 from docqa.errors import LoadError
 from docqa.load.text import decode_bytes
 
-DROP_TAGS = ["script", "style", "noscript", "template", "nav", "aside", "svg", "canvas", "iframe", "object",
-             "embed", "head"]
+DROP_TAGS = [
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "nav",
+    "aside",
+    "svg",
+    "canvas",
+    "iframe",
+    "object",
+    "embed",
+    "head",
+]
 CHROME_TAGS = ("header", "footer")
 BLOCK_TAGS = {
-    "address", "article", "blockquote", "body", "center", "dd", "details", "dialog", "dir", "div", "dl", "dt",
-    "fieldset", "figcaption", "figure", "form", "hr", "html", "li", "main", "menu", "ol", "p", "section",
-    "summary", "table", "tbody", "thead", "tfoot", "tr", "ul", "caption", "legend", "option", "header", "footer",
+    "address",
+    "article",
+    "blockquote",
+    "body",
+    "center",
+    "dd",
+    "details",
+    "dialog",
+    "dir",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "form",
+    "hr",
+    "html",
+    "li",
+    "main",
+    "menu",
+    "ol",
+    "p",
+    "section",
+    "summary",
+    "table",
+    "tbody",
+    "thead",
+    "tfoot",
+    "tr",
+    "ul",
+    "caption",
+    "legend",
+    "option",
+    "header",
+    "footer",
 }
 PARAGRAPH_TAGS = {"p", "blockquote", "table", "ul", "ol", "dl", "pre", "figure", "section", "article", "hr"}
 HEADINGS = {f"h{i}": i for i in range(1, 7)}
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
 _XML_DECL = re.compile(rb"""^\s*<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9._:-]+)""", re.I)
-_ALIASES = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030", "iso-8859-1": "cp1252",
-            "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252", "big5": "cp950",
-            "x-sjis": "shift_jis", "unicode": "utf-16"}
+_ALIASES = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "cp936": "gb18030",
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "big5": "cp950",
+    "x-sjis": "shift_jis",
+    "unicode": "utf-16",
+}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 
 
@@ -129,8 +185,12 @@ _CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "com
 def _is_hidden(tag: Any) -> bool:
     """Invisible elements, and page chrome marked by ARIA role (Sphinx's navigation bars are plain divs)."""
     attrs = tag.attrs or {}
-    return (str(attrs.get("role", "")).lower() in _CHROME_ROLES or "hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true"
-            or bool(_HIDDEN_STYLE.search(str(attrs.get("style", "")))))
+    return (
+        str(attrs.get("role", "")).lower() in _CHROME_ROLES
+        or "hidden" in attrs
+        or str(attrs.get("aria-hidden", "")).lower() == "true"
+        or bool(_HIDDEN_STYLE.search(str(attrs.get("style", ""))))
+    )
 
 
 def html_to_document(source: str, html: str, encoding: str) -> Document:
@@ -193,6 +253,14 @@ def html_to_document(source: str, html: str, encoding: str) -> Document:
                 alt = child.get("alt")
                 if alt and isinstance(alt, str):
                     out.text(f" {alt} ")
+            elif name == "table" and not in_table[0]:
+                out.brk(2)
+                start = out.length
+                in_table[0] = True
+                walk(child, pre, in_content)
+                in_table[0] = False
+                spans.append((start, out.length))
+                out.brk(2)
             elif name in BLOCK_TAGS or name in PARAGRAPH_TAGS:
                 n = 2 if name in PARAGRAPH_TAGS else 1
                 out.brk(n)
@@ -201,9 +269,21 @@ def html_to_document(source: str, html: str, encoding: str) -> Document:
             else:
                 walk(child, pre, in_content)
 
+    spans: list[tuple[int, int]] = []
+    in_table = [False]  # only outermost tables are marked; nested ones are rows of their cell
     walk(soup, False)
     text = out.result()
     sections = [s for s in sections if s.start < len(text)]
+    tables = []
+    for start, end in spans:
+        end = min(end, len(text))
+        while end > start and text[end - 1] in "\n ":
+            end -= 1
+        header_end = text.find("\n", start, end)
+        if header_end > start:  # a header row and at least one more: rows kept whole, header repeated (chunk.py)
+            tables.append([start, end, header_end])
+    if tables:
+        meta["tables"] = tables
     return Document(source=source, text=text, sections=sections, metadata=meta)
 
 

@@ -11,7 +11,10 @@ already open there, and pdfium decrypts AES PDFs that pypdf cannot without the `
 the fallback (text + outline) when pdfium cannot open a file.
 
 Encrypted PDFs open when the user password is empty; otherwise LoadError("encrypted PDF (password required)").
-Limits: no OCR (a scanned PDF without a text layer gives LoadError "no text"); no layout analysis (columns come
+OCR (docqa/load/ocr.py, the `ocr` setting): under "auto" a page whose text layer is empty or garbage and that
+holds an image is rendered and recognised instead; metadata["ocr_pages"] lists those pages. With OCR off (or the
+pypdf fallback) a scanned PDF gives LoadError "no text".
+Limits: no layout analysis (columns come
 out in pdfium's reading order); line-end hyphenation is only undone where pdfium marks it (U+0002/U+FFFE).
 pdfium is not thread-safe: calls are serialised with a module lock (the sandbox also runs one file at a time).
 """
@@ -89,14 +92,21 @@ def _load_pdfium(path: Path) -> Document:
             raise
         try:
             texts: list[str] = []
+            ocr_pages: list[int] = []
             for i in range(len(pdf)):
                 page = pdf[i]
                 try:
                     tp = page.get_textpage()
                     try:
-                        texts.append(clean_page_text(tp.get_text_bounded()))
+                        text = clean_page_text(tp.get_text_bounded())
                     finally:
                         tp.close()
+                    if _wants_ocr(page, text):
+                        ocr_text = _ocr_page(page, i + 1)
+                        if ocr_text.strip():
+                            text = ocr_text
+                            ocr_pages.append(i + 1)
+                    texts.append(text)
                 finally:
                     page.close()
             toc: list[tuple[int, int, str]] = []
@@ -108,6 +118,8 @@ def _load_pdfium(path: Path) -> Document:
             except Exception:  # a broken outline must not cost us the text
                 toc = []
             meta: dict[str, Any] = {"pdf_backend": "pdfium"}
+            if ocr_pages:
+                meta["ocr_pages"] = ocr_pages
             try:
                 info = pdf.get_metadata_dict(skip_empty=True)
                 if info.get("Title"):
@@ -119,9 +131,48 @@ def _load_pdfium(path: Path) -> Document:
     return _assemble(str(path), texts, toc, meta)
 
 
+def _wants_ocr(page: Any, text: str) -> bool:
+    from docqa.load import ocr
+
+    mode = ocr.current_mode()
+    if mode == "never":
+        return False
+    if mode == "always":
+        return True
+    if len("".join(text.split())) >= ocr.MIN_TEXT_CHARS and not ocr.needs_ocr(text, True):
+        return False  # the common case: a real text layer; skip the image walk
+    try:
+        import pypdfium2.raw as pdfium_c
+
+        has_images = next(iter(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=3)), None) is not None
+    except Exception:
+        has_images = True
+    return ocr.needs_ocr(text, has_images)
+
+
+def _ocr_page(page: Any, number: int) -> str:
+    """Render one page at RENDER_DPI (less when that would pass MAX_SIDE) and recognise it."""
+    from docqa.load import ocr
+
+    if not ocr.available():
+        return ""  # auto/always without the package: keep the text layer (an empty page says "no text")
+    ocr.beat(f"page {number}")
+    w, h = page.get_size()
+    scale = min(ocr.RENDER_DPI / 72, ocr.MAX_SIDE / max(w, h, 1.0))
+    ocr.check_pixels(int(w * scale), int(h * scale), f"page {number}")
+    bitmap = page.render(scale=scale)
+    try:
+        import numpy as np
+
+        image = np.asarray(bitmap.to_pil().convert("RGB"))  # pdfium renders BGR; PIL sorts the channels out
+    finally:
+        bitmap.close()
+    return ocr.recognise(image)
+
+
 def _load_pypdf(path: Path) -> Document:
     import pypdf
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
+    from pypdf.errors import FileNotDecryptedError
 
     try:
         reader = pypdf.PdfReader(str(path), strict=False)

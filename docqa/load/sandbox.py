@@ -9,7 +9,9 @@ lines (`Document.to_json`), never pickle. The worker's own stdout is redirected 
 parsers cannot corrupt the protocol; its stderr goes to a temp file (`last_stderr` keeps the tail after a crash).
 
 Per file: larger than `max_file_mb` -> LoadError("file too large ..."), nothing parsed; slower than `timeout`
-seconds -> worker killed, LoadError("timed out after Ns"); MemoryError under the RLIMIT_AS cap of `memory_mb`
+seconds -> worker killed, LoadError("timed out after Ns"). OCR is the exception: before each page or image it
+recognises, the worker sends a heartbeat line and from then on each page gets `ocr_page_timeout` seconds (the
+`ocr` mode, auto|always|never, travels with each request); MemoryError under the RLIMIT_AS cap of `memory_mb`
 (or a worker killed by SIGKILL from elsewhere, e.g. the OOM killer, or a crash whose stderr says it ran out of
 memory) -> LoadError("too much memory (> N MB)"); a crash -> LoadError("parser crashed (signal N)"). After a
 timeout, crash or memory failure the worker is restarted lazily for the next file (`restarts` counts them).
@@ -41,6 +43,7 @@ from docqa.documents import Document
 from docqa.errors import LoadError, WorkerGone
 
 START_TIMEOUT = 30.0
+OCR_PAGE_TIMEOUT = 90.0  # seconds one OCR page may take (a dense A4 page: 5-20 s on 2 cores)
 _MEMORY_HINTS = ("MemoryError", "out of memory", "Out of memory", "bad_alloc", "Cannot allocate memory")
 _loaded_plugins: set[str] = set()
 
@@ -61,8 +64,23 @@ def _import_plugins(plugins: Sequence[str | os.PathLike[str]]) -> None:
 class LoaderSandbox:
     """A persistent worker process that parses one file at a time under time and memory limits."""
 
-    def __init__(self, timeout: float = 120.0, memory_mb: int = 2048, max_file_mb: int = 512, *,
-                 inline: bool = False, plugins: Sequence[str | os.PathLike[str]] = ()) -> None:
+    def __init__(
+        self,
+        timeout: float = 120.0,
+        memory_mb: int = 2048,
+        max_file_mb: int = 512,
+        *,
+        inline: bool = False,
+        plugins: Sequence[str | os.PathLike[str]] = (),
+        ocr: str = "auto",
+        ocr_page_timeout: float = OCR_PAGE_TIMEOUT,
+    ) -> None:
+        from docqa.load.ocr import OCR_MODES
+
+        if ocr not in OCR_MODES:
+            raise ValueError(f"ocr must be one of {', '.join(OCR_MODES)}, got {ocr!r}")
+        self.ocr = ocr
+        self.ocr_page_timeout = float(ocr_page_timeout)
         self.timeout = float(timeout)
         self.memory_mb = int(memory_mb)
         self.max_file_mb = max_file_mb
@@ -126,8 +144,9 @@ class LoaderSandbox:
         cmd = [sys.executable, "-m", "docqa.load.sandbox", "--memory-mb", str(self.memory_mb)]
         for p in self.plugins:
             cmd += ["--plugin", p]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
-                                close_fds=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, close_fds=True
+        )
         self._proc = proc
         self._buf.clear()
         try:
@@ -208,7 +227,7 @@ class LoaderSandbox:
         if self.inline:
             from docqa.load import load_file
 
-            return load_file(path)
+            return load_file(path, ocr=self.ocr)
         with self._lock:
             return self._load_in_worker(path)
 
@@ -220,13 +239,20 @@ class LoaderSandbox:
         assert self._proc is not None and self._proc.stdin is not None
         if self._stderr is not None:
             self._stderr.truncate(0)
-        request = json.dumps({"path": str(path.resolve())}).encode("utf-8", "surrogatepass") + b"\n"
+        request = json.dumps({"path": str(path.resolve()), "ocr": self.ocr}).encode("utf-8", "surrogatepass") + b"\n"
+        deadline = time.monotonic() + self.timeout
+        beats = 0
         try:
             self._proc.stdin.write(request)
             self._proc.stdin.flush()
-            msg = self._read(time.monotonic() + self.timeout)
+            while "beat" in (msg := self._read(deadline)):
+                # an OCR page starts: it gets its own budget, so a 40-page scan is not judged by a 1-file limit
+                beats += 1
+                deadline = time.monotonic() + self.ocr_page_timeout
         except TimeoutError:
             self._kill()
+            if beats:
+                raise LoadError(f"timed out (OCR page/image {beats} took over {self.ocr_page_timeout:g}s)") from None
             raise LoadError(f"timed out after {self.timeout:g}s") from None
         except (WorkerGone, BrokenPipeError, OSError):
             raise self._death() from None
@@ -286,8 +312,9 @@ def _worker_main(argv: list[str]) -> int:
     try:
         import resource
 
-        from docqa.load import load_file
+        from docqa.load import load_file, ocr
 
+        ocr.set_heartbeat(lambda what: send({"beat": what}))
         _import_plugins(plugins)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing parser must not litter core files
         if memory_mb > 0:
@@ -299,12 +326,13 @@ def _worker_main(argv: list[str]) -> int:
     send({"ready": True, "pid": os.getpid()})
     for raw in sys.stdin.buffer:
         try:
-            path = Path(json.loads(raw)["path"])
+            req = json.loads(raw)
+            path, ocr_setting = Path(req["path"]), str(req.get("ocr", "auto"))
         except (ValueError, KeyError, TypeError):
             send({"ok": False, "kind": "internal", "error": "bad request"})
             continue
         try:
-            doc = load_file(path)
+            doc = load_file(path, ocr=ocr_setting)
             payload = doc.to_json()
             send({"ok": True, "doc": payload})
         except LoadError as e:

@@ -40,15 +40,55 @@ _BOMS: list[tuple[bytes, str]] = [
 
 # Magic numbers of common binary formats, so a renamed archive/image is rejected before any decoding attempt.
 _BINARY_MAGIC = (
-    b"PK\x03\x04", b"\x7fELF", b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"\x1f\x8b", b"BZh", b"\xfd7zXZ",
-    b"7z\xbc\xaf", b"Rar!", b"\xd0\xcf\x11\xe0", b"MZ", b"SQLite format 3",
+    b"PK\x03\x04",
+    b"\x7fELF",
+    b"\x89PNG",
+    b"\xff\xd8\xff",
+    b"GIF8",
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ",
+    b"7z\xbc\xaf",
+    b"Rar!",
+    b"\xd0\xcf\x11\xe0",
+    b"MZ",
+    b"SQLite format 3",
 )
 
-_CJK_FAMILY = {"big5", "big5hkscs", "cp950", "gb2312", "gbk", "gb18030", "hz", "cp936", "euc_jp", "shift_jis",
-               "cp932", "euc_kr", "cp949", "johab", "iso2022_jp", "iso2022_kr"}
+_CJK_FAMILY = {
+    "big5",
+    "big5hkscs",
+    "cp950",
+    "gb2312",
+    "gbk",
+    "gb18030",
+    "hz",
+    "cp936",
+    "euc_jp",
+    "shift_jis",
+    "cp932",
+    "euc_kr",
+    "cp949",
+    "johab",
+    "iso2022_jp",
+    "iso2022_kr",
+}
 
-_LATIN_SINGLE_BYTE = {"cp1250", "cp1257", "iso8859_2", "iso8859_4", "iso8859_10", "iso8859_13", "iso8859_15",
-                      "iso8859_16", "latin_1", "mac_latin2", "mac_roman", "cp850", "cp437"}
+_LATIN_SINGLE_BYTE = {
+    "cp1250",
+    "cp1257",
+    "iso8859_2",
+    "iso8859_4",
+    "iso8859_10",
+    "iso8859_13",
+    "iso8859_15",
+    "iso8859_16",
+    "latin_1",
+    "mac_latin2",
+    "mac_roman",
+    "cp850",
+    "cp437",
+}
 
 MAX_BAD_RATIO = 0.02  # share of control/unassigned/private-use characters above which text counts as garbage
 
@@ -124,7 +164,7 @@ def decode_bytes(data: bytes) -> tuple[str, str]:
     for bom, enc in _BOMS:
         if data.startswith(bom):
             try:
-                text = data[len(bom):].decode(enc.replace("-sig", ""))
+                text = data[len(bom) :].decode(enc.replace("-sig", ""))
             except UnicodeDecodeError as e:
                 raise LoadError(f"undecodable text (bad {enc}: {e.reason})") from None
             return _checked(text), enc
@@ -189,8 +229,12 @@ def load_text(path: Path, data: bytes | None = None) -> Document:
     data = path.read_bytes() if data is None else data
     text, enc = decode_bytes(data)
     sections = _rst_sections(text) if path.suffix.lower() == ".rst" else []
-    return Document(source=str(path), text=text, sections=sections,
-                    metadata={"format": "rst" if path.suffix.lower() == ".rst" else "text", "encoding": enc})
+    return Document(
+        source=str(path),
+        text=text,
+        sections=sections,
+        metadata={"format": "rst" if path.suffix.lower() == ".rst" else "text", "encoding": enc},
+    )
 
 
 _RST_ADORN = re.compile(r"^([=\-`:'\"~^_*+#<>.])\1{2,}\s*$")
@@ -275,7 +319,12 @@ def markdown_sections(text: str) -> tuple[list[Section], str | None]:
         line = lines[i]
         fm = _FENCE.match(line)
         if fence is not None:
-            if fm and fm.group(1)[0] == fence[0] and len(fm.group(1)) >= len(fence) and not line.strip()[len(fm.group(1)):].strip():
+            if (
+                fm
+                and fm.group(1)[0] == fence[0]
+                and len(fm.group(1)) >= len(fence)
+                and not line.strip()[len(fm.group(1)) :].strip()
+            ):
                 fence = None
             i += 1
             continue

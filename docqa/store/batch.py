@@ -80,9 +80,17 @@ class Batch:
             raise ModelMismatchError(f"vectors have dimension {vectors.shape[1]}, the knowledge base {self.kb.dim}")
         row = c.execute("SELECT id FROM documents WHERE path = ?", (info.path,)).fetchone()
         values = (
-            info.root, info.sha256, info.size, info.mtime_ns, info.status, info.error, len(chunks), info.pages,
-            info.title, time.time(),
-        )  # fmt: skip
+            info.root,
+            info.sha256,
+            info.size,
+            info.mtime_ns,
+            info.status,
+            info.error,
+            len(chunks),
+            info.pages,
+            info.title,
+            time.time(),
+        )
         if row is not None:
             doc_id = row[0]
             self._drop_chunks(doc_id)
@@ -104,10 +112,19 @@ class Batch:
                     c.execute(
                         "INSERT INTO chunks (document_id, ordinal, text, page, section, start, end, n_tokens, vector) "
                         "VALUES (?,?,?,?,?,?,?,?,?)",
-                        (doc_id, ch.ordinal, ch.text, ch.page, ch.section, ch.start, ch.end, ch.n_tokens,
-                         np.asarray(vec, dtype=np.float16).tobytes()),
+                        (
+                            doc_id,
+                            ch.ordinal,
+                            ch.text,
+                            ch.page,
+                            ch.section,
+                            ch.start,
+                            ch.end,
+                            ch.n_tokens,
+                            np.asarray(vec, dtype=np.float16).tobytes(),
+                        ),
                     ).lastrowid
-                )  # fmt: skip
+                )
             self.index.add(np.array(ids, dtype=np.int64), vectors)
             self._lexical_ids.extend(ids)
             self._lexical_texts.extend(index_text(ch.section, ch.text) for ch in chunks)

@@ -148,15 +148,18 @@ class KnowledgeBase(Reader):
             "SELECT (SELECT count(*) FROM documents WHERE status='ok'), (SELECT count(*) FROM chunks)"
         ).fetchone()
         gen = self.generation
-        manifest.write_manifest(self.path, {
-            "format_version": schema.latest_version(),
-            "embed_model": self.embed_model,
-            "dim": self.dim,
-            "generation": gen,
-            "documents": docs,
-            "chunks": chunks,
-            **self.backend.manifest_fields(gen),
-        })  # fmt: skip
+        manifest.write_manifest(
+            self.path,
+            {
+                "format_version": schema.latest_version(),
+                "embed_model": self.embed_model,
+                "dim": self.dim,
+                "generation": gen,
+                "documents": docs,
+                "chunks": chunks,
+                **self.backend.manifest_fields(gen),
+            },
+        )
 
     # ---------------------------------------------------------------- writing
     def require_writer(self) -> None:

@@ -107,8 +107,10 @@ def _verify_vectors(kb: KnowledgeBase, ids: set[int]) -> list[str]:
     held = index.ids()
     if index.count() != len(ids) or held != ids:
         # "FAISS" even for another backend: the message is what users and the tests have always read
-        return [f"FAISS index holds {index.count()} vectors, the database {len(ids)} chunks "
-                f"({len(held - ids)} unknown ids, {len(ids - held)} missing)"]  # fmt: skip
+        return [
+            f"FAISS index holds {index.count()} vectors, the database {len(ids)} chunks "
+            f"({len(held - ids)} unknown ids, {len(ids - held)} missing)"
+        ]
     return []
 
 

@@ -17,8 +17,10 @@ def vecs(n: int, seed: int = 0) -> np.ndarray:
 
 
 def chunks(texts: list[str]) -> list[Chunk]:
-    return [Chunk(text=t, start=i * 100, end=i * 100 + len(t), ordinal=i, page=i + 1, section="S")
-            for i, t in enumerate(texts)]  # fmt: skip
+    return [
+        Chunk(text=t, start=i * 100, end=i * 100 + len(t), ordinal=i, page=i + 1, section="S")
+        for i, t in enumerate(texts)
+    ]
 
 
 def new_kb(path, **kw) -> KnowledgeBase:

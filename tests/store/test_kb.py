@@ -147,8 +147,9 @@ def test_manifest_one_commit_behind_is_tolerated_then_repaired(tmp_path):
     assert json.loads(behind)["generation"] == gen - 1
     with KnowledgeBase.open(path) as kb:  # readers accept it, verify only warns
         assert [d.path for d in kb.documents()] == ["/d/a.txt", "/d/b.txt"]
-        assert kb.verify() == [("warning", "manifest.json lags one commit behind (interrupted commit; repaired by "
-                                           "the next write)")]  # fmt: skip
+        assert kb.verify() == [
+            ("warning", "manifest.json lags one commit behind (interrupted commit; repaired by the next write)")
+        ]
     KnowledgeBase.open(path, writable=True).close()  # the writer's start-up brings it up to date
     assert json.loads((path / "manifest.json").read_bytes())["generation"] == gen
     with KnowledgeBase.open(path) as kb:

@@ -39,8 +39,13 @@ def test_missing_faiss_file_is_reported(tmp_path):
         gen = kb.generation
     (tmp_path / "kb" / f"vectors.{gen}.faiss").unlink()
     with KnowledgeBase.open(tmp_path / "kb") as kb:
-        assert verify(kb) == [("error", f"vectors.{gen}.faiss is missing; run `docqa rebuild` to restore the "
-                                        "indexes from the database (or `docqa verify` for details)")]  # fmt: skip
+        assert verify(kb) == [
+            (
+                "error",
+                f"vectors.{gen}.faiss is missing; run `docqa rebuild` to restore the "
+                "indexes from the database (or `docqa verify` for details)",
+            )
+        ]
         with pytest.raises(StoreCorruptError, match="is missing"):
             with kb.snapshot():
                 pass
