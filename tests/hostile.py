@@ -1,7 +1,7 @@
 """Build a folder of hostile and broken files beside good ones (for tests/test_hostile.py and benchmarks/hostile.py).
 
     >>> cases = build_hostile_folder(Path("/tmp/hostile"))      # doctest: +SKIP
-    >>> cases["encrypted.pdf"].outcome, cases["encrypted.pdf"].reason
+    >>> cases["encrypted.pdf"].outcome, cases["encrypted.pdf"].reason  # doctest: +SKIP
     ('failed', 'encrypted PDF \\\\(password required\\\\)')
 
 Each entry says what a correct ingest does with the file: "ok" (searchable by its `marker` word), "failed" or

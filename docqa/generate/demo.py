@@ -316,9 +316,11 @@ def cut_runaway(pieces: Iterator[str], stops: Sequence[str] = STOP_STRINGS) -> I
                 yield out
             return
         hold = _pending_stop_prefix(buf, stops)
-        if len(buf) > hold:
-            yield buf[: len(buf) - hold]
-            buf = buf[len(buf) - hold :]
+        # trailing whitespace waits too: if a stop follows, the answer ends before it
+        ready = buf[: len(buf) - hold].rstrip()
+        if ready:
+            yield ready
+            buf = buf[len(ready) :]
     out = buf.rstrip()
     if out:
         yield out
