@@ -120,12 +120,7 @@ def ask(
         rewritten_query=rewritten if rewritten and rewritten != question else None,
     )
     if abstain and not retriever.is_relevant(query, hits):
-        answer.text = ABSTAIN[detect_language(question)]
-        answer.abstained = True
-        answer.timings = {"retrieval": t_retrieval, "total": time.perf_counter() - t0}
-        if on_text:
-            on_text(answer.text)
-        return answer
+        return _abstain(answer, on_text, {"retrieval": t_retrieval, "total": time.perf_counter() - t0})
 
     t1 = time.perf_counter()
     plan = build_prompt(question, hits, generator, settings, history or ())
@@ -152,6 +147,16 @@ def ask(
     }
     if stats.prompt_tokens:  # a local model ran: what reading the prompt and generating cost
         answer.timings.update(stats.to_timings())
+    return answer
+
+
+def _abstain(answer: Answer, on_text: Callable[[str], None] | None, timings: dict[str, float]) -> Answer:
+    """`answer` as the refusal in its question's language (no model is called), streamed to `on_text`."""
+    answer.text = ABSTAIN[detect_language(answer.question)]
+    answer.abstained = True
+    answer.timings = timings
+    if on_text:
+        on_text(answer.text)
     return answer
 
 

@@ -64,6 +64,49 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _count_terms(
+    ids: Sequence[int], texts: Sequence[str], bigrams: bool
+) -> tuple[dict[str, list[tuple[int, int, int]]], list[tuple[int, int, list[str]]], int]:
+    """term -> [(chunk_id, tf, doc_len)] postings, each chunk's (id, length, distinct terms), and the total length."""
+    postings: dict[str, list[tuple[int, int, int]]] = {}
+    docs: list[tuple[int, int, list[str]]] = []
+    total = 0
+    for cid, text in zip(ids, texts):
+        toks = tokenize(text, bigrams=bigrams)
+        dl = len(toks)
+        total += dl
+        counts = Counter(toks)
+        docs.append((cid, dl, list(counts)))
+        for term, tf in counts.items():
+            p = postings.get(term)
+            if p is None:
+                postings[term] = [(cid, tf, dl)]
+            else:
+                p.append((cid, tf, dl))
+    return postings, docs, total
+
+
+def _top_k(cid: np.ndarray, w: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The `k` best (chunk_id, summed weight) of per-posting weights `w` of chunks `cid`, best first."""
+    if cid.size == 0:
+        return []
+    lo, hi = int(cid.min()), int(cid.max())
+    if lo >= 0 and hi <= 8 * cid.size + 1_000_000:  # dense scatter-add is the fast path for compact ids
+        summed = np.bincount(cid, weights=w)
+        cand = np.flatnonzero(summed)
+        scores = summed[cand]
+    else:
+        cand, inv = np.unique(cid, return_inverse=True)
+        scores = np.bincount(inv, weights=w)
+    if k < cand.size:
+        top = np.argpartition(-scores, k - 1)[:k]
+    else:
+        top = np.arange(cand.size)
+    # best first; ties broken by the smaller chunk id so results are deterministic
+    order = top[np.lexsort((cand[top], -scores[top]))]
+    return [(int(cand[i]), float(scores[i])) for i in order]
+
+
 class LexicalIndex:
     """Persistent BM25 over chunk texts, kept in the caller's SQLite database and transactions."""
 
@@ -137,22 +180,7 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
         if reused:
             self._purge(reused)  # stale postings of a removed chunk must not be credited to its new text
 
-        postings: dict[str, list[tuple[int, int, int]]] = {}
-        docs: list[tuple[int, int, list[str]]] = []
-        total = 0
-        for cid, text in zip(ids, texts):
-            toks = tokenize(text, bigrams=self.bigrams)
-            dl = len(toks)
-            total += dl
-            counts = Counter(toks)
-            docs.append((cid, dl, list(counts)))
-            for term, tf in counts.items():
-                p = postings.get(term)
-                if p is None:
-                    postings[term] = [(cid, tf, dl)]
-                else:
-                    p.append((cid, tf, dl))
-
+        postings, docs, total = _count_terms(ids, texts, self.bigrams)
         term_ids = self._term_ids(list(postings))
         self.conn.executemany(
             "INSERT INTO lex_postings(term_id, level, n, data) VALUES (?, 0, ?, ?)",
@@ -250,23 +278,7 @@ CREATE TABLE IF NOT EXISTS lex_dead(chunk_id INTEGER PRIMARY KEY, terms BLOB NOT
         if dead.size:
             keep = ~np.isin(cid, dead)
             cid, w = cid[keep], w[keep]
-        if cid.size == 0:
-            return []
-        lo, hi = int(cid.min()), int(cid.max())
-        if lo >= 0 and hi <= 8 * cid.size + 1_000_000:  # dense scatter-add is the fast path for compact ids
-            summed = np.bincount(cid, weights=w)
-            cand = np.flatnonzero(summed)
-            scores = summed[cand]
-        else:
-            cand, inv = np.unique(cid, return_inverse=True)
-            scores = np.bincount(inv, weights=w)
-        if k < cand.size:
-            top = np.argpartition(-scores, k - 1)[:k]
-        else:
-            top = np.arange(cand.size)
-        # best first; ties broken by the smaller chunk id so results are deterministic
-        order = top[np.lexsort((cand[top], -scores[top]))]
-        return [(int(cand[i]), float(scores[i])) for i in order]
+        return _top_k(cid, w, k)
 
     # -- internals
 

@@ -26,7 +26,8 @@ first); overlap is approximate (whole sentences, at most `overlap` tokens) and n
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .documents import SECTION_SEP, Chunk, Document
 
@@ -124,6 +125,26 @@ def _hard_split(text: str, count_tokens: Callable[[str], int], limit: int) -> li
     return out
 
 
+def _prose_chunks(
+    segment: str, a: int, splitter: Any, count_tokens: Callable[[str], int], limit: int, overlapping: bool
+) -> Iterator[tuple[int, str, int]]:
+    """(start in the document, text, tokens) of each chunk of `segment` (which starts at `a`), in order."""
+    if not segment.strip():
+        return
+    prev_start, prev_end = -1, 0
+    for text in splitter.split_text(segment):
+        rel = _locate(segment, text, prev_start, prev_end, overlapping)
+        prev_start, prev_end = rel, rel + len(text)
+        parts = [(0, text)]
+        n = count_tokens(text)
+        if n > limit:
+            parts = _hard_split(text, count_tokens, limit)
+        for off, part in parts:
+            if not part.strip():
+                continue
+            yield a + rel + off, part, n if len(parts) == 1 else count_tokens(part)
+
+
 def chunk_document(
     doc: Document,
     count_tokens: Callable[[str], int],
@@ -166,32 +187,18 @@ def chunk_document(
                         )
                     )
                 continue
-            segment = doc.text[a:b]
-            if not segment.strip():
-                continue
-            prev_start, prev_end = -1, 0
-            for text in splitter.split_text(segment):
-                rel = _locate(segment, text, prev_start, prev_end, overlap > 0)
-                prev_start, prev_end = rel, rel + len(text)
-                parts = [(0, text)]
-                n = count_tokens(text)
-                if n > limit:
-                    parts = _hard_split(text, count_tokens, limit)
-                for off, part in parts:
-                    if not part.strip():
-                        continue
-                    start = a + rel + off
-                    chunks.append(
-                        Chunk(
-                            text=part,
-                            start=start,
-                            end=start + len(part),
-                            ordinal=len(chunks),
-                            page=page,
-                            section=section,
-                            n_tokens=n if len(parts) == 1 else count_tokens(part),
-                        )
+            for start, part, n_tokens in _prose_chunks(doc.text[a:b], a, splitter, count_tokens, limit, overlap > 0):
+                chunks.append(
+                    Chunk(
+                        text=part,
+                        start=start,
+                        end=start + len(part),
+                        ordinal=len(chunks),
+                        page=page,
+                        section=section,
+                        n_tokens=n_tokens,
                     )
+                )
     return chunks
 
 

@@ -199,6 +199,7 @@ def build_prompt(
     history: Sequence[tuple[str, str]] = (),
 ) -> PromptPlan:
     """Fit instruction + as many passages as possible + recent history + question into the budget."""
+    # one recipe read top to bottom (count, cap, fit history, fit passages, exact check): kept whole on purpose
     question = question.strip()
     lang = detect_language(question)
     ctx = usable_context(generator, settings)

@@ -11,12 +11,15 @@ POST /api/v1/keys) is refused at once, before anything loads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .app import app
 from .render import err
+
+if TYPE_CHECKING:
+    from ..server.state import ServerConfig
 
 
 @app.command()
@@ -49,18 +52,49 @@ def serve(
 ) -> None:
     """Serve the knowledge bases over HTTP: an OpenAI-compatible API, the native API and the web UI."""
     from ..config import load_settings
-    from ..errors import ConfigError
-    from ..server.auth import parse_key_option
-    from ..server.state import ServerConfig, is_loopback
 
     s = load_settings(llm=model, llm_url=llm_url)
+    config = _server_config(
+        s, host, port, index, root, api_key, state_dir, list(cors_origin or []), list(allow_host or []), max_upload_mb
+    )
+    loopback = _check_auth(config, host, insecure)
+    import uvicorn
+
+    from ..server.app import create_app
+
+    web = create_app(config)
+    shown = f"[{host}]" if ":" in host else host
+    err.print(
+        f"docqa serving {len(web.state.docqa.kb_names())} knowledge base(s) from {config.root} on http://{shown}:{port}/"
+        + ("" if loopback else f" ({'API keys required' if config.auth else 'INSECURE: no authentication'})")
+    )
+    uvicorn.run(web, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5)
+
+
+def _server_config(
+    s: Any,
+    host: str,
+    port: int,
+    index: list[Path] | None,
+    root: Path | None,
+    api_key: list[str] | None,
+    state_dir: Path | None,
+    cors_origins: list[str],
+    allowed_hosts: list[str],
+    max_upload_mb: float | None,
+) -> ServerConfig:
+    """The ServerConfig of the command's options (every --index must hold a knowledge base)."""
+    from ..errors import ConfigError
+    from ..server.auth import parse_key_option
+    from ..server.state import ServerConfig
+
     indexes = [p.expanduser() for p in index or []]
     for p in indexes:
         if not (p / "kb.sqlite").exists():
             raise ConfigError(f"no knowledge base at {p} (run `docqa ingest DIR --index {p}` first)")
     root = (root or (indexes[0].parent if indexes else Path(s.index).parent)).expanduser()
     keys = [parse_key_option(k) for k in api_key or []]
-    config = ServerConfig(
+    return ServerConfig(
         settings=s,
         root=root,
         indexes=indexes,
@@ -68,10 +102,18 @@ def serve(
         host=host,
         port=port,
         api_keys=keys,
-        cors_origins=list(cors_origin or []),
-        allowed_hosts=list(allow_host or []),
+        cors_origins=cors_origins,
+        allowed_hosts=allowed_hosts,
         max_upload_mb=max_upload_mb or 0,
     )
+
+
+def _check_auth(config: ServerConfig, host: str, insecure: bool) -> bool:
+    """Whether `host` is a loopback address; off loopback, refuses to serve without keys unless --insecure."""
+    from ..errors import ConfigError
+    from ..server.state import is_loopback
+
+    keys = config.api_keys
     loopback = is_loopback(host)
     if not loopback:
         stored = _stored_keys(config.db_path)
@@ -81,17 +123,7 @@ def serve(
                 "or, if this network is trusted, --insecure"
             )
         config.auth = bool(keys or stored)
-    import uvicorn
-
-    from ..server.app import create_app
-
-    web = create_app(config)
-    shown = f"[{host}]" if ":" in host else host
-    err.print(
-        f"docqa serving {len(web.state.docqa.kb_names())} knowledge base(s) from {root} on http://{shown}:{port}/"
-        + ("" if loopback else f" ({'API keys required' if config.auth else 'INSECURE: no authentication'})")
-    )
-    uvicorn.run(web, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5)
+    return loopback
 
 
 def _stored_keys(db_path: Path) -> bool:

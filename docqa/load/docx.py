@@ -136,6 +136,27 @@ def _table_lines(table: Any) -> list[str]:
 
 def load_docx(path: Path) -> Document:
     """A .docx file (Office Open XML); python-docx reads the zip itself after check_zip."""
+    d = _open_docx(path)
+    meta: dict[str, Any] = {"format": "docx"}
+    text, sections, tables, title = _docx_body(d)
+    if title is not None:
+        meta["title"] = title
+    try:
+        if d.core_properties.title and "title" not in meta:
+            meta["title"] = d.core_properties.title
+    except Exception:
+        pass
+    if tables:
+        meta["tables"] = tables
+    if not text.strip():  # a scan pasted into Word: its pictures are the content
+        text = _ocr_media(path)
+        if text:
+            meta["ocr_pages"] = [1]
+    return Document(source=str(path), text=text, sections=sections, metadata=meta)
+
+
+def _open_docx(path: Path) -> Any:
+    """The python-docx document of `path`; LoadError when it is not a readable WordprocessingML document."""
     check_zip(path)
     import docx
     from docx.opc.exceptions import PackageNotFoundError
@@ -157,11 +178,17 @@ def load_docx(path: Path) -> Document:
     if d.element.tag != f"{_W}document" or d.element.find(f"{_W}body") is None:
         # python-docx takes any XML as the main part and fails later with AttributeError
         raise LoadError("corrupt DOCX (the main part is not a WordprocessingML document with a body)")
+    return d
+
+
+def _docx_body(d: Any) -> tuple[str, list[Section], list[list[int]], str | None]:
+    """The body's text, its sections (from headings), its tables ([start, end, header end]) and the first
+    Title-styled heading (or None)."""
     parts: list[str] = []
     pos = 0
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
-    meta: dict[str, Any] = {"format": "docx"}
+    doc_title: str | None = None
 
     def emit(line: str, gap: bool = False) -> None:
         nonlocal pos
@@ -194,23 +221,11 @@ def load_docx(path: Path) -> Document:
                 stack.pop()
             stack.append((level, title))
             sections.append(Section(pos - len(title), tuple(t for _, t in stack)))
-            if (item.style is not None and (item.style.name or "").lower() == "title") and "title" not in meta:
-                meta["title"] = title
+            if (item.style is not None and (item.style.name or "").lower() == "title") and doc_title is None:
+                doc_title = title
             continue
         emit(text)
-    try:
-        if d.core_properties.title and "title" not in meta:
-            meta["title"] = d.core_properties.title
-    except Exception:
-        pass
-    if tables:
-        meta["tables"] = tables
-    text = "".join(parts)
-    if not text.strip():  # a scan pasted into Word: its pictures are the content
-        text = _ocr_media(path)
-        if text:
-            meta["ocr_pages"] = [1]
-    return Document(source=str(path), text=text, sections=sections, metadata=meta)
+    return "".join(parts), sections, tables, doc_title
 
 
 def _ocr_media(path: Path) -> str:

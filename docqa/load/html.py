@@ -193,87 +193,91 @@ def _is_hidden(tag: Any) -> bool:
     )
 
 
-def html_to_document(source: str, html: str, encoding: str) -> Document:
-    from bs4 import BeautifulSoup, NavigableString, Tag
-    from bs4.element import CData
+class _Walker:
+    """One walk over a parsed page: the visible text into `out`, the sections (h1-h6) and the spans of the outermost
+    tables found on the way."""
 
-    with warnings.catch_warnings():  # XHTML pages with an XML declaration parse fine as HTML
-        warnings.simplefilter("ignore")
-        soup = BeautifulSoup(html, "lxml")
-    meta: dict[str, Any] = {"format": "html", "encoding": encoding}
-    if soup.title and soup.title.get_text(strip=True):
-        meta["title"] = " ".join(soup.title.get_text().split())
-    drop = frozenset(DROP_TAGS)
+    def __init__(self) -> None:
+        from bs4 import NavigableString, Tag
+        from bs4.element import CData
 
-    out = _Builder()
-    sections: list[Section] = []
-    stack: list[tuple[int, str]] = []
+        self._string, self._tag, self._text_types = NavigableString, Tag, (NavigableString, CData)
+        self._drop = frozenset(DROP_TAGS)
+        self.out = _Builder()
+        self.sections: list[Section] = []
+        self.spans: list[tuple[int, int]] = []
+        self._stack: list[tuple[int, str]] = []
+        self._in_table = False  # only outermost tables are marked; nested ones are rows of their cell
 
     # Dropping happens during the one walk: separate find_all passes cost more than the walk itself.
-    def walk(node: Any, pre: bool, in_content: bool = False) -> None:
+    def walk(self, node: Any, pre: bool, in_content: bool = False) -> None:
+        out = self.out
         for child in node.children:
-            if isinstance(child, NavigableString):
-                if type(child) in (NavigableString, CData):
+            if isinstance(child, self._string):
+                if type(child) in self._text_types:
                     out.text(str(child), pre)
                 continue
-            if not isinstance(child, Tag):
+            if not isinstance(child, self._tag):
                 continue
             name = child.name
-            if name in drop or (name in CHROME_TAGS and not in_content) or (child.attrs and _is_hidden(child)):
+            if name in self._drop or (name in CHROME_TAGS and not in_content) or (child.attrs and _is_hidden(child)):
                 continue
             if name == "a" and "headerlink" in (child.get("class") or ()):  # Sphinx's "¶" permalinks
                 continue
             if name in ("article", "main"):  # inside these, header/footer belong to the content
                 out.brk(2)
-                walk(child, pre, True)
+                self.walk(child, pre, True)
                 out.brk(2)
                 continue
             if name in HEADINGS:
-                title = " ".join(child.get_text(" ").split()).rstrip("¶").strip()
-                out.brk(2)
-                if title:
-                    level = HEADINGS[name]
-                    while stack and stack[-1][0] >= level:
-                        stack.pop()
-                    stack.append((level, title))
-                    sections.append(Section(out.length, tuple(t for _, t in stack)))
-                walk(child, pre, in_content)
-                out.brk(2)
+                self._heading(child, HEADINGS[name], pre, in_content)
             elif name == "br":
                 out.brk(1)
             elif name in ("td", "th"):
                 if out.tail and not out.tail.endswith("\n"):
                     out.sep(" | ")
-                walk(child, pre, in_content)
+                self.walk(child, pre, in_content)
             elif name == "pre":
                 out.brk(2)
-                walk(child, True, in_content)
+                self.walk(child, True, in_content)
                 out.brk(2)
             elif name == "img":
                 alt = child.get("alt")
                 if alt and isinstance(alt, str):
                     out.text(f" {alt} ")
-            elif name == "table" and not in_table[0]:
+            elif name == "table" and not self._in_table:
                 out.brk(2)
                 start = out.length
-                in_table[0] = True
-                walk(child, pre, in_content)
-                in_table[0] = False
-                spans.append((start, out.length))
+                self._in_table = True
+                self.walk(child, pre, in_content)
+                self._in_table = False
+                self.spans.append((start, out.length))
                 out.brk(2)
             elif name in BLOCK_TAGS or name in PARAGRAPH_TAGS:
                 n = 2 if name in PARAGRAPH_TAGS else 1
                 out.brk(n)
-                walk(child, pre, in_content)
+                self.walk(child, pre, in_content)
                 out.brk(n)
             else:
-                walk(child, pre, in_content)
+                self.walk(child, pre, in_content)
 
-    spans: list[tuple[int, int]] = []
-    in_table = [False]  # only outermost tables are marked; nested ones are rows of their cell
-    walk(soup, False)
-    text = out.result()
-    sections = [s for s in sections if s.start < len(text)]
+    def _heading(self, child: Any, level: int, pre: bool, in_content: bool) -> None:
+        """None; a heading opens a section at its level (closing the deeper ones) and is walked as a block."""
+        out = self.out
+        title = " ".join(child.get_text(" ").split()).rstrip("¶").strip()
+        out.brk(2)
+        if title:
+            stack = self._stack
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, title))
+            self.sections.append(Section(out.length, tuple(t for _, t in stack)))
+        self.walk(child, pre, in_content)
+        out.brk(2)
+
+
+def _tables(text: str, spans: list[tuple[int, int]]) -> list[list[int]]:
+    """[start, end, header end] of each table span with a header row and at least one more, trailing blanks cut."""
     tables = []
     for start, end in spans:
         end = min(end, len(text))
@@ -282,6 +286,23 @@ def html_to_document(source: str, html: str, encoding: str) -> Document:
         header_end = text.find("\n", start, end)
         if header_end > start:  # a header row and at least one more: rows kept whole, header repeated (chunk.py)
             tables.append([start, end, header_end])
+    return tables
+
+
+def html_to_document(source: str, html: str, encoding: str) -> Document:
+    from bs4 import BeautifulSoup
+
+    with warnings.catch_warnings():  # XHTML pages with an XML declaration parse fine as HTML
+        warnings.simplefilter("ignore")
+        soup = BeautifulSoup(html, "lxml")
+    meta: dict[str, Any] = {"format": "html", "encoding": encoding}
+    if soup.title and soup.title.get_text(strip=True):
+        meta["title"] = " ".join(soup.title.get_text().split())
+    walker = _Walker()
+    walker.walk(soup, False)
+    text = walker.out.result()
+    sections = [s for s in walker.sections if s.start < len(text)]
+    tables = _tables(text, walker.spans)
     if tables:
         meta["tables"] = tables
     return Document(source=source, text=text, sections=sections, metadata=meta)

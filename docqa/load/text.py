@@ -296,15 +296,9 @@ def _line_offsets(lines: list[str]) -> list[int]:
     return offsets
 
 
-def markdown_sections(text: str) -> tuple[list[Section], str | None]:
-    """Sections from ATX/setext headings (outside code fences and front matter) and the first level-1 title."""
-    lines = text.split("\n")
-    offsets = _line_offsets(lines)
-    sections: list[Section] = []
-    stack: list[tuple[int, str]] = []
-    title: str | None = None
-    fence: str | None = None
-    i = 0
+def _front_matter(lines: list[str]) -> tuple[int, str | None]:
+    """The index of the first line after YAML front matter (0 without any) and its `title:` (or None)."""
+    i, title = 0, None
     if lines and lines[0].strip() == "---":  # YAML front matter: its closing --- is not a setext underline
         for j in range(1, len(lines)):
             if lines[j].strip() in ("---", "..."):
@@ -314,17 +308,33 @@ def markdown_sections(text: str) -> tuple[list[Section], str | None]:
                         title = m.group(1).strip("'\"")
                 i = j + 1
                 break
+    return i, title
+
+
+def _closes_fence(line: str, fm: re.Match | None, fence: str) -> bool:
+    """Whether `line` (its fence match `fm`) closes the open code fence `fence`."""
+    return bool(
+        fm
+        and fm.group(1)[0] == fence[0]
+        and len(fm.group(1)) >= len(fence)
+        and not line.strip()[len(fm.group(1)) :].strip()
+    )
+
+
+def markdown_sections(text: str) -> tuple[list[Section], str | None]:
+    """Sections from ATX/setext headings (outside code fences and front matter) and the first level-1 title."""
+    lines = text.split("\n")
+    offsets = _line_offsets(lines)
+    sections: list[Section] = []
+    stack: list[tuple[int, str]] = []
+    fence: str | None = None
+    i, title = _front_matter(lines)
     para_start: int | None = None  # index of the first line of the current paragraph (setext heading body)
     while i < len(lines):
         line = lines[i]
         fm = _FENCE.match(line)
         if fence is not None:
-            if (
-                fm
-                and fm.group(1)[0] == fence[0]
-                and len(fm.group(1)) >= len(fence)
-                and not line.strip()[len(fm.group(1)) :].strip()
-            ):
+            if _closes_fence(line, fm, fence):
                 fence = None
             i += 1
             continue

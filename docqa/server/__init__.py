@@ -13,7 +13,9 @@ The server adds transport only: answers come from docqa.chat / docqa.answer (the
 | `state.py` | ServerConfig; the served knowledge bases, pooled retrievers, the embedder, the generator and its queue |
 | `answering.py` | one answer as events (sources, delta, done, error) from a worker thread; cancel on disconnect |
 | `routes_openai.py` | `/v1/models`, `/v1/chat/completions` |
-| `routes_api.py` | `/api/v1`: knowledge bases, documents, uploads, search, jobs, conversations, keys |
+| `routes_api.py` | gathers the `/api/v1` routers, in the order the API docs list them |
+| `routes_kbs.py`, `routes_search.py`, `routes_jobs.py`, `routes_conversations.py`, `routes_keys.py` | `/api/v1`: knowledge bases, documents, uploads and pages; search; ingest jobs; conversations; API keys |
+| `routes_common.py` | the read / ingest / admin routers and what every route module shares |
 | `uploads.py` | multipart uploads streamed to disk while hashed, the size limit, Unicode file names |
 | `jobs.py` | ingest jobs: one writer thread per knowledge base, persisted, recovered after a crash |
 | `auth.py` | API keys (hashed), scopes, the Host and Origin checks |

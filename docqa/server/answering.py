@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,8 @@ async def stream_answer(
 ) -> AsyncIterator[Event]:
     """Events of one answer; `history` = earlier (question, answer, rewritten-or-None) turns, oldest first;
     `overrides` = settings for this answer only (temperature, top_p, max_new_tokens)."""
-    from ..chat import Chat, Session, Turn
+    # imported here, in the event loop's thread, before _work needs it in a worker: imports are not thread-safe
+    from ..chat import Chat, Session, Turn  # noqa: F401
 
     state.kb(kb)  # a NotFound now, before the stream starts
     loop = asyncio.get_running_loop()
@@ -107,44 +108,14 @@ async def stream_answer(
         with contextlib.suppress(RuntimeError):  # the loop is gone (server shutting down)
             loop.call_soon_threadsafe(events.put_nowait, ev)
 
-    def work() -> None:
-        sent_sources: list[dict[str, Any]] | None = None
-        try:
-            with state.retriever(kb) as r:
-                gen = state.generator(r)
-                session = Session(turns=[Turn(question=q, answer=a, rewritten=rw) for q, a, rw in history])
-                settings = state.settings_for(state.kb(kb)).replace(**(overrides or {}))
-                chat = Chat(r, gen, settings, session)
+    def release() -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(sem.release)
 
-                def on_plan(plan) -> None:
-                    nonlocal sent_sources
-                    sent_sources = [source_json(state, kb, i + 1, h) for i, h in enumerate(plan.passages)]
-                    put(("sources", sent_sources))
-
-                def on_text(piece: str) -> None:
-                    nonlocal sent_sources
-                    if sent_sources is None:  # an abstention: no passages, but the order of events holds
-                        sent_sources = []
-                        put(("sources", sent_sources))
-                    put(("delta", piece))
-
-                answer = chat.ask(question, on_text=on_text, cancel=cancel, on_plan=on_plan)
-            if sent_sources is None:
-                sent_sources = []
-                put(("sources", sent_sources))
-            put(("done", done_json(state, kb, answer, sent_sources) | {"cancelled": cancel.is_set()}))
-        except DocQAError as e:
-            put(("error", e))
-        except Exception as e:  # reported to the client as an error event, never a hung stream
-            put(("error", e))
-        finally:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(sem.release)
-            put(None)
-
+    work_args = (state, kb, question, history, cancel, overrides, put, release)
     finished = False
     try:
-        threading.Thread(target=work, name="docqa-generate", daemon=True).start()
+        threading.Thread(target=_work, args=work_args, name="docqa-generate", daemon=True).start()
     except BaseException:
         sem.release()
         raise
@@ -155,3 +126,50 @@ async def stream_answer(
     finally:
         if not finished:
             cancel.set()
+
+
+def _work(
+    state: ServerState,
+    kb: str,
+    question: str,
+    history: Sequence[tuple[str, str, str | None]],
+    cancel: threading.Event,
+    overrides: dict[str, Any] | None,
+    put: Callable[[Event | None], None],
+    release: Callable[[], None],
+) -> None:
+    """None; answers in the calling (worker) thread, handing each event to `put`, then frees the slot and puts None."""
+    from ..chat import Chat, Session, Turn
+
+    sent_sources: list[dict[str, Any]] | None = None
+    try:
+        with state.retriever(kb) as r:
+            gen = state.generator(r)
+            session = Session(turns=[Turn(question=q, answer=a, rewritten=rw) for q, a, rw in history])
+            settings = state.settings_for(state.kb(kb)).replace(**(overrides or {}))
+            chat = Chat(r, gen, settings, session)
+
+            def on_plan(plan) -> None:
+                nonlocal sent_sources
+                sent_sources = [source_json(state, kb, i + 1, h) for i, h in enumerate(plan.passages)]
+                put(("sources", sent_sources))
+
+            def on_text(piece: str) -> None:
+                nonlocal sent_sources
+                if sent_sources is None:  # an abstention: no passages, but the order of events holds
+                    sent_sources = []
+                    put(("sources", sent_sources))
+                put(("delta", piece))
+
+            answer = chat.ask(question, on_text=on_text, cancel=cancel, on_plan=on_plan)
+        if sent_sources is None:
+            sent_sources = []
+            put(("sources", sent_sources))
+        put(("done", done_json(state, kb, answer, sent_sources) | {"cancelled": cancel.is_set()}))
+    except DocQAError as e:
+        put(("error", e))
+    except Exception as e:  # reported to the client as an error event, never a hung stream
+        put(("error", e))
+    finally:
+        release()
+        put(None)

@@ -28,6 +28,7 @@ from .state import ServerConfig, ServerState
 if TYPE_CHECKING:
     from ..embed import Embedder
     from ..generate.base import Generator
+    from .jobs import JobManager
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("docqa.server")
@@ -46,26 +47,10 @@ def create_app(config: ServerConfig, generator: Generator | None = None, embedde
 
     state = ServerState(config, generator=generator, embedder=embedder)
     jobs = JobManager(state)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        import asyncio
-
-        await asyncio.to_thread(lambda: state.embedder)  # before the first request: imports are not thread-safe
-        import threading
-
-        threading.Thread(target=state.preload_generator, name="docqa-load-generator", daemon=True).start()
-        jobs.recover()
-        try:
-            yield
-        finally:
-            jobs.stop()
-            state.close()
-
     app = FastAPI(
         title="docqa",
         version="1",
-        lifespan=lifespan,
+        lifespan=_lifespan(state, jobs),
         dependencies=[Depends(check_host_and_origin)],
         docs_url="/api/docs",
         redoc_url=None,
@@ -82,6 +67,42 @@ def create_app(config: ServerConfig, generator: Generator | None = None, embedde
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    _add_error_handlers(app)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "knowledge_bases": len(state.kb_names())}
+
+    app.include_router(routes_openai.router)
+    for r in routes_api.routers:
+        app.include_router(r)
+    _add_ui(app)
+    return app
+
+
+def _lifespan(state: ServerState, jobs: JobManager):
+    """The app's lifespan: load the embedder, start loading the generator, recover jobs; stop them at the end."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import asyncio
+
+        await asyncio.to_thread(lambda: state.embedder)  # before the first request: imports are not thread-safe
+        import threading
+
+        threading.Thread(target=state.preload_generator, name="docqa-load-generator", daemon=True).start()
+        jobs.recover()
+        try:
+            yield
+        finally:
+            jobs.stop()
+            state.close()
+
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """None; maps DocQAError, unexpected exceptions, validation and HTTP errors to the `{"error": ...}` body."""
 
     @app.exception_handler(DocQAError)
     async def docqa_error(request: Request, exc: DocQAError) -> JSONResponse:
@@ -112,13 +133,9 @@ def create_app(config: ServerConfig, generator: Generator | None = None, embedde
         body = {"error": {"message": str(exc.detail), "type": "http_error", "code": exc.status_code}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", "knowledge_bases": len(state.kb_names())}
 
-    app.include_router(routes_openai.router)
-    for r in routes_api.routers:
-        app.include_router(r)
+def _add_ui(app: FastAPI) -> None:
+    """None; serves the web UI: `/` (index.html under the CSP), the favicon and /static."""
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -132,4 +149,3 @@ def create_app(config: ServerConfig, generator: Generator | None = None, embedde
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app

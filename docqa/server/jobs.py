@@ -166,8 +166,35 @@ class JobManager:
         for u in uploads:
             if u["path"] not in paths:
                 files[u["id"]].update(status="failed", error="the uploaded file is missing")
+        progress = self._progress(job_id, files, by_path, cancel, total=max(len(paths), 1))
+        try:
+            if not paths:
+                raise DocQAError("none of the uploaded files is left to ingest")
+            s = self.state.settings_for(self.state.kb(job["kb"]))
+            report = ingest_mod.ingest(paths, s, embedder=self.state.ingest_embedder, progress=progress)
+        except JobCancelled:
+            for f in files.values():
+                if f["status"] in ("queued", "ingesting", "embedding"):
+                    f["status"] = "cancelled"
+            self._finish(job_id, "cancelled", files=list(files.values()))
+            self._sync_uploads(job_id, files)
+            return
+        except DocQAError as e:
+            for f in files.values():
+                if f["status"] != "failed":
+                    f.update(status="failed", error=str(e))
+            self._finish(job_id, "failed", files=list(files.values()), errors=[{"file": None, "reason": str(e)}])
+            self._sync_uploads(job_id, files)
+            return
+        finally:
+            self._cancel.pop(job_id, None)
+        self._record(job_id, files, by_path, report)
+
+    def _progress(
+        self, job_id: str, files: dict[str, dict], by_path: dict[str, dict], cancel: threading.Event, total: int
+    ) -> Callable[..., None]:
+        """The ingest progress callback of a job: it updates `files` and the job row, and raises when cancelled."""
         done = 0
-        total = max(len(paths), 1)
 
         def progress(event: str, **kw: Any) -> None:
             nonlocal done
@@ -190,27 +217,10 @@ class JobManager:
                         f["status"] = "ok"
                 self.db.update("jobs", job_id, {"stage": "committed", "files": list(files.values())})
 
-        try:
-            if not paths:
-                raise DocQAError("none of the uploaded files is left to ingest")
-            s = self.state.settings_for(self.state.kb(job["kb"]))
-            report = ingest_mod.ingest(paths, s, embedder=self.state.ingest_embedder, progress=progress)
-        except JobCancelled:
-            for f in files.values():
-                if f["status"] in ("queued", "ingesting", "embedding"):
-                    f["status"] = "cancelled"
-            self._finish(job_id, "cancelled", files=list(files.values()))
-            self._sync_uploads(job_id, files)
-            return
-        except DocQAError as e:
-            for f in files.values():
-                if f["status"] != "failed":
-                    f.update(status="failed", error=str(e))
-            self._finish(job_id, "failed", files=list(files.values()), errors=[{"file": None, "reason": str(e)}])
-            self._sync_uploads(job_id, files)
-            return
-        finally:
-            self._cancel.pop(job_id, None)
+        return progress
+
+    def _record(self, job_id: str, files: dict[str, dict], by_path: dict[str, dict], report: Any) -> None:
+        """None; finishes a job that ran to the end with each file's outcome from the ingest report."""
         failed = {p: r for p, r in report.failed}
         errors = []
         for path, u in by_path.items():

@@ -144,97 +144,109 @@ async def chat_completions(request: Request):
     style = body.get("citation_style") or (body.get("docqa") or {}).get("citation_style") or "inline"
     if style not in ("inline", "footnotes"):
         raise BadRequest("citation_style must be 'inline' or 'footnotes'")
-    cid = "chatcmpl-" + uuid.uuid4().hex
-    created = int(time.time())
+    head = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": model}
     cancel = threading.Event()
     events = stream_answer(state, kb, question, history, cancel=cancel, overrides=sampling(body))
-
     if not body.get("stream"):
-        sources: list = []
-        pieces: list[str] = []
-        done: dict = {}
-
-        async def collect() -> None:
-            nonlocal sources, done
-            async for kind, data in events:
-                if kind == "sources":
-                    sources = data
-                elif kind == "delta":
-                    pieces.append(data)
-                elif kind == "done":
-                    done = data
-                elif kind == "error":
-                    raise data
-
-        task = asyncio.ensure_future(collect())
-        while not task.done():  # a client that hangs up stops the generation here too
-            await asyncio.wait([task], timeout=0.5)
-            if not task.done() and await request.is_disconnected():
-                cancel.set()
-        task.result()
-        text = done.get("answer", "".join(pieces).strip())
+        sources, text, done = await _collect(request, events, cancel)
         if style == "footnotes":
             text += footnotes(text, sources, done.get("cited", []))
-        return JSONResponse(
-            {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "docqa": {
-                    "sources": sources,
-                    "cited": done.get("cited", []),
-                    "invalid_citations": done.get("invalid_citations", []),
-                    "abstained": done.get("abstained", False),
-                    "rewritten_query": done.get("rewritten_query"),
-                    "timings": done.get("timings", {}),
-                },
-            }
-        )
-
-    def chunk(delta: dict, finish: str | None = None, docqa: dict | None = None) -> str:
-        c: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        if docqa is not None:
-            c["docqa"] = docqa
-        return f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
-
-    async def sse():
-        sources: list = []
-        try:
-            async for kind, data in events:
-                if kind == "sources":
-                    sources = data
-                    yield chunk({"role": "assistant", "content": ""}, docqa={"sources": sources})
-                elif kind == "delta":
-                    yield chunk({"content": data})
-                elif kind == "done":
-                    if style == "footnotes" and (extra := footnotes(data["answer"], sources, data["cited"])):
-                        yield chunk({"content": extra})
-                    yield chunk(
-                        {},
-                        "stop",
-                        {
-                            "cited": data["cited"],
-                            "invalid_citations": data["invalid_citations"],
-                            "abstained": data["abstained"],
-                            "timings": data["timings"],
-                        },
-                    )
-                elif kind == "error":
-                    yield f"data: {json.dumps(error_body(data), ensure_ascii=False)}\n\n"
-                    return
-            yield "data: [DONE]\n\n"
-        finally:
-            await events.aclose()  # sets `cancel` when the client went away before the end
-
+        return JSONResponse(_completion(head, text, sources, done))
     return StreamingResponse(
-        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        _chunks(head, events, style),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _collect(request: Request, events: Any, cancel: threading.Event) -> tuple[list, str, dict]:
+    """The sources, the answer's text and the `done` event of a whole answer (cancelled if the client hangs up)."""
+    sources: list = []
+    pieces: list[str] = []
+    done: dict = {}
+
+    async def collect() -> None:
+        nonlocal sources, done
+        async for kind, data in events:
+            if kind == "sources":
+                sources = data
+            elif kind == "delta":
+                pieces.append(data)
+            elif kind == "done":
+                done = data
+            elif kind == "error":
+                raise data
+
+    task = asyncio.ensure_future(collect())
+    while not task.done():  # a client that hangs up stops the generation here too
+        await asyncio.wait([task], timeout=0.5)
+        if not task.done() and await request.is_disconnected():
+            cancel.set()
+    task.result()
+    return sources, done.get("answer", "".join(pieces).strip()), done
+
+
+def _completion(head: dict[str, Any], text: str, sources: list, done: dict) -> dict[str, Any]:
+    """The `chat.completion` object of a whole answer, with its `docqa` citations."""
+    return {
+        "id": head["id"],
+        "object": "chat.completion",
+        "created": head["created"],
+        "model": head["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "docqa": {
+            "sources": sources,
+            "cited": done.get("cited", []),
+            "invalid_citations": done.get("invalid_citations", []),
+            "abstained": done.get("abstained", False),
+            "rewritten_query": done.get("rewritten_query"),
+            "timings": done.get("timings", {}),
+        },
+    }
+
+
+def _chunk(head: dict[str, Any], delta: dict, finish: str | None = None, docqa: dict | None = None) -> str:
+    """One `chat.completion.chunk` as an SSE `data:` line."""
+    c: dict[str, Any] = {
+        "id": head["id"],
+        "object": "chat.completion.chunk",
+        "created": head["created"],
+        "model": head["model"],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if docqa is not None:
+        c["docqa"] = docqa
+    return f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
+
+
+async def _chunks(head: dict[str, Any], events: Any, style: str):
+    """The answer's events as streamed chunks, then `data: [DONE]` (or an error object)."""
+    sources: list = []
+    try:
+        async for kind, data in events:
+            if kind == "sources":
+                sources = data
+                yield _chunk(head, {"role": "assistant", "content": ""}, docqa={"sources": sources})
+            elif kind == "delta":
+                yield _chunk(head, {"content": data})
+            elif kind == "done":
+                if style == "footnotes" and (extra := footnotes(data["answer"], sources, data["cited"])):
+                    yield _chunk(head, {"content": extra})
+                yield _chunk(
+                    head,
+                    {},
+                    "stop",
+                    {
+                        "cited": data["cited"],
+                        "invalid_citations": data["invalid_citations"],
+                        "abstained": data["abstained"],
+                        "timings": data["timings"],
+                    },
+                )
+            elif kind == "error":
+                yield f"data: {json.dumps(error_body(data), ensure_ascii=False)}\n\n"
+                return
+        yield "data: [DONE]\n\n"
+    finally:
+        await events.aclose()  # sets `cancel` when the client went away before the end

@@ -67,6 +67,75 @@ def _filename(params: dict[bytes, bytes]) -> str | None:
         return raw.decode("latin-1")
 
 
+class _FileParts:
+    """python-multipart callbacks that write each `files` part to a temporary file under `directory`, hashing it
+    and stopping (in `error`) at the first part over `limit`."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self.directory, self.limit = directory, limit
+        self.got: list[Received] = []
+        self.headers: dict = {}
+        self.field, self.value = b"", b""
+        self.current: Received | None = None
+        self.fh = None
+        self.error: Exception | None = None
+
+    def callbacks(self) -> dict:
+        """The callbacks to give MultipartParser."""
+        return {
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.field.lower()] = self.value
+        self.field, self.value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        disp, p = parse_options_header(self.headers.get(b"content-disposition", b""))
+        name = p.get(b"name", b"").decode("utf-8", "replace")
+        fname = _filename(p)
+        self.headers = {}
+        if name != FIELD or fname is None:
+            self.current = None
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.directory)
+        rec = Received(safe_name(fname), Path(tmp))
+        self.current, self.fh = rec, os.fdopen(fd, "wb")
+        self.got.append(rec)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        rec = self.current
+        if rec is None or self.error:
+            return
+        piece = data[start:end]
+        rec.size += len(piece)
+        if rec.size > self.limit:
+            self.error = TooLarge(f"{rec.name} is larger than the limit of {self.limit / 1e6:.1f} MB")
+            return
+        rec._hash.update(piece)  # type: ignore[attr-defined]
+        self.fh.write(piece)
+
+    def on_part_end(self) -> None:
+        rec = self.current
+        if rec is not None:
+            self.fh.close()
+            rec.sha256 = rec._hash.hexdigest()  # type: ignore[attr-defined]
+        self.current, self.fh = None, None
+
+
 async def receive_files(request: Request, directory: Path, limit: int, total_limit: int) -> list[Received]:
     """Stream the `files` parts of a multipart request into temporary files under `directory`."""
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -78,62 +147,8 @@ async def receive_files(request: Request, directory: Path, limit: int, total_lim
     if length and length.isdigit() and int(length) > total_limit:
         raise TooLarge(f"the upload is {int(length) / 1e6:.1f} MB; at most {total_limit / 1e6:.1f} MB per request")
     directory.mkdir(parents=True, exist_ok=True)
-    got: list[Received] = []
-    state: dict = {"headers": {}, "field": b"", "value": b"", "current": None, "fh": None, "error": None}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower()] = state["value"]
-        state["field"], state["value"] = b"", b""
-
-    def on_headers_finished() -> None:
-        disp, p = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        name = p.get(b"name", b"").decode("utf-8", "replace")
-        fname = _filename(p)
-        state["headers"] = {}
-        if name != FIELD or fname is None:
-            state["current"] = None
-            return
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=directory)
-        rec = Received(safe_name(fname), Path(tmp))
-        state["current"], state["fh"] = rec, os.fdopen(fd, "wb")
-        got.append(rec)
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        rec: Received | None = state["current"]
-        if rec is None or state["error"]:
-            return
-        piece = data[start:end]
-        rec.size += len(piece)
-        if rec.size > limit:
-            state["error"] = TooLarge(f"{rec.name} is larger than the limit of {limit / 1e6:.1f} MB")
-            return
-        rec._hash.update(piece)  # type: ignore[attr-defined]
-        state["fh"].write(piece)
-
-    def on_part_end() -> None:
-        rec: Received | None = state["current"]
-        if rec is not None:
-            state["fh"].close()
-            rec.sha256 = rec._hash.hexdigest()  # type: ignore[attr-defined]
-        state["current"], state["fh"] = None, None
-
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    parts = _FileParts(directory, limit)
+    parser = MultipartParser(params[b"boundary"], parts.callbacks())
     received = 0
     try:
         async for chunk in request.stream():
@@ -141,22 +156,22 @@ async def receive_files(request: Request, directory: Path, limit: int, total_lim
             if received > total_limit:
                 raise TooLarge(f"the upload is larger than {total_limit / 1e6:.1f} MB per request")
             parser.write(chunk)
-            if state["error"]:
-                raise state["error"]
+            if parts.error:
+                raise parts.error
         parser.finalize()
     except BaseException as e:
-        if state["fh"] is not None:
-            state["fh"].close()
-        for rec in got:
+        if parts.fh is not None:
+            parts.fh.close()
+        for rec in parts.got:
             rec.tmp_path.unlink(missing_ok=True)
         if isinstance(e, TooLarge | BadRequest):
             raise
         if isinstance(e, Exception) and type(e).__name__.endswith("ParseError"):
             raise BadRequest(f"malformed multipart body: {e}") from None
         raise
-    if not got:
+    if not parts.got:
         raise BadRequest("no files in the request (multipart field 'files')")
-    return got
+    return parts.got
 
 
 _RFC5987_SAFE = re.compile(r"[^A-Za-z0-9!#$&+\-.^_`|~]")
