@@ -24,11 +24,11 @@ How it works:
     the option). Quotes come back grouped by passage, in reading order, within `max_chars`.
   * `ExtractiveAnswerer` (a `Generator`) renders the quotes under a lead-in, the whole text within `max_chars`.
 
-Measured (corpora/dev_qa.jsonl over corpora/sample + corpora/dev, hybrid top 5 with the retrieval of 2 Dec 2026,
-all-MiniLM similarity for English; "hit" = the answer contains the first keyword; ceiling = the 5 passages do):
-tune en 0.51 (ceiling 0.78) / zh 0.57 (0.71), report en 0.42 (0.71) / zh 0.49 (0.62); median answer 580 / 515
-characters. The module before the option-entry bonuses, the Chinese pick count and the option-description fixes
-measured en 0.44 / zh 0.49 (tune) and en 0.39 / zh 0.42 (report) on the same passages.
+Measured (`docqa eval corpora/dev_qa.jsonl --answers --llm extractive` over corpora/sample + corpora/dev, default
+retrieval of 2 Dec 2026, no similarity: the factory builds it without one; "key" = the answer holds the first
+keyword): tune en 0.44 / zh 0.54, report en 0.41 / zh 0.45; median answer 580 / 520 characters, 10-30 ms. The
+module before the option-entry bonuses, the Chinese pick count and the option-description fixes measured
+en 0.44 / zh 0.49 (tune) and en 0.39 / zh 0.42 (report) on the passages of the day.
 
 Limits: extraction cannot paraphrase, combine facts across passages or answer yes/no; synonyms the question
 and the text do not share (解压 vs 提取) only match through the embedder, which covers English only by default.
