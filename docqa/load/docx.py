@@ -36,6 +36,19 @@ _HEADING = re.compile(r"^heading\s*(\d)$", re.I)
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
 
+#: what python-docx / python-pptx raise on a damaged package (besides their own PackageNotFoundError)
+OOXML_OPEN_ERRORS = (
+    KeyError,
+    ValueError,
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+)
+
+
 def check_zip(
     path: Path, label: str = "DOCX", xml_suffixes: tuple[str, ...] = (".xml", ".rels"), allow_doctype: bool = False
 ) -> None:
@@ -163,17 +176,7 @@ def _open_docx(path: Path) -> Any:
 
     try:
         d = docx.Document(str(path))
-    except (
-        PackageNotFoundError,
-        KeyError,
-        ValueError,
-        zipfile.BadZipFile,
-        EOFError,
-        OSError,
-        NotImplementedError,
-        RuntimeError,
-        zlib.error,
-    ) as e:
+    except (PackageNotFoundError, *OOXML_OPEN_ERRORS) as e:
         raise LoadError(f"corrupt DOCX ({type(e).__name__}: {e})") from None
     if d.element.tag != f"{_W}document" or d.element.find(f"{_W}body") is None:
         # python-docx takes any XML as the main part and fails later with AttributeError

@@ -15,8 +15,6 @@ Limits: charts, SmartArt and embedded OLE objects are not read; text in slide ma
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +87,7 @@ def _slide_parts(slide: Any) -> tuple[str, list[str], list[bytes]]:
 
 def load_pptx(path: Path) -> Document:
     """A .pptx deck: pages = slide numbers, sections = slide titles."""
-    from docqa.load.docx import check_zip
+    from docqa.load.docx import OOXML_OPEN_ERRORS, check_zip
 
     check_zip(path, "PPTX")
     import pptx
@@ -97,17 +95,7 @@ def load_pptx(path: Path) -> Document:
 
     try:
         deck = pptx.Presentation(str(path))
-    except (
-        PackageNotFoundError,
-        KeyError,
-        ValueError,
-        zipfile.BadZipFile,
-        EOFError,
-        OSError,
-        NotImplementedError,
-        RuntimeError,
-        zlib.error,
-    ) as e:
+    except (PackageNotFoundError, *OOXML_OPEN_ERRORS) as e:
         raise LoadError(f"corrupt PPTX ({type(e).__name__}: {e})"[:300]) from None
     text_parts: list[str] = []
     pages: list[Page] = []
