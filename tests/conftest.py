@@ -92,3 +92,32 @@ def build_kb(root: Path, docs: dict[str, str], embedder, **settings):
     report = ingest([root / "docs"], s, embedder=embedder)
     assert report.added == len(docs) and not report.failed, report
     return s
+
+
+class OneHitRetriever:
+    """A retriever that finds one apt passage for any question and records the queries it was asked."""
+
+    def __init__(self):
+        self.queries: list[str] = []
+
+    def search(self, query, k=None, mode=None):
+        from docqa.documents import Hit
+
+        self.queries.append(query)
+        return [Hit(chunk_id=1, score=1.0, source="/d/a.md", text="apt installs packages", rank=1)]
+
+    def is_relevant(self, query, hits):
+        return True
+
+
+def echo_generator():
+    """A base-model Generator (rule-based follow-ups) that always answers "Use apt [1]."."""
+    from docqa.generate.base import Generator
+
+    class Echo(Generator):
+        is_chat_model = False
+
+        def stream(self, prompt, options=None):
+            yield "Use apt [1]."
+
+    return Echo()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import OneHitRetriever, echo_generator
 
 from docqa.chat import (
     Chat,
@@ -132,30 +133,9 @@ def test_session_names_and_damaged_files_are_clear_errors(tmp_path):
         Session.load(tmp_path, "broken")
 
 
-class FakeRetriever:
-    def __init__(self):
-        self.queries = []
-
-    def search(self, query, k=None, mode=None):
-        from docqa.documents import Hit
-
-        self.queries.append(query)
-        return [Hit(chunk_id=1, score=1.0, source="/d/a.md", text="apt installs packages", rank=1)]
-
-    def is_relevant(self, query, hits):
-        return True
-
-
-class Echo(Generator):
-    is_chat_model = False
-
-    def stream(self, prompt, options=None):
-        yield "Use apt [1]."
-
-
 def test_chat_records_turns_and_feeds_history(tmp_path):
-    r = FakeRetriever()
-    chat = Chat(r, Echo(), Settings(), Session.load(tmp_path, "t"))
+    r = OneHitRetriever()
+    chat = Chat(r, echo_generator(), Settings(), Session.load(tmp_path, "t"))
     chat.ask("How do I install nginx?")
     a = chat.ask("what about it?")
     assert r.queries == ["How do I install nginx?", "what about it? (install nginx)"]

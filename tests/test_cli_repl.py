@@ -7,35 +7,22 @@ import io
 import json
 
 import pytest
-from conftest import build_kb
+from conftest import OneHitRetriever, build_kb, echo_generator
 from rich.console import Console
 from typer.testing import CliRunner
 
 from docqa.chat import Chat, Session
 from docqa.cli.repl import HELP, run_repl
 from docqa.config import Settings
-from docqa.documents import Hit
-from docqa.generate.base import Generator
 
 
-class OneHit:
-    def search(self, query, k=None, mode=None):
-        return [Hit(chunk_id=1, score=1.0, source="/d/a.md", text="apt installs packages", rank=1)]
-
-    def is_relevant(self, query, hits):
-        return True
-
-
-class Echo(Generator):
-    is_chat_model = False
-
-    def stream(self, prompt, options=None):
-        yield "Use apt [1]."
+def stream(self, prompt, options=None):
+    yield "Use apt [1]."
 
 
 def test_repl_commands_without_a_model(tmp_path, capsys):
     """The loop alone: JSON lines per /command, one bad turn does not end it, /exit does."""
-    chat = Chat(OneHit(), Echo(), Settings(sessions_dir=tmp_path), Session())
+    chat = Chat(OneHitRetriever(), echo_generator(), Settings(sessions_dir=tmp_path), Session())
     console = Console(file=io.StringIO())
     run_repl(
         chat,
