@@ -99,9 +99,9 @@ def scripted_gen():
 
 @pytest.fixture
 def echo_gen():
-    from test_chat import Echo
+    from conftest import echo_generator
 
-    return Echo()
+    return echo_generator()
 
 
 @pytest.fixture
