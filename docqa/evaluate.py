@@ -184,16 +184,23 @@ def item_language(item: QAItem) -> str:
     return detect_language(item.question)
 
 
-def language_groups(items: Sequence[QAItem]) -> list[str]:
-    """'en', 'zh', then 'en/report', 'en/tune', ... for the splits present: every figure is reported per half."""
-    langs = sorted({item_language(it) for it in items})
-    splits = sorted({it.split for it in items if it.split})
+def language_groups(keys: Iterable[tuple[str, str | None]]) -> list[str]:
+    """'en', 'zh', then 'en/report', 'en/tune', ... for the (language, split) pairs present: every figure is
+    reported per language and per half.
+
+    >>> language_groups([("zh", "tune"), ("en", "report"), ("en", None)])
+    ['en', 'zh', 'en/report', 'en/tune', 'zh/report', 'zh/tune']
+    """
+    keys = list(keys)
+    langs = sorted({lang for lang, _ in keys})
+    splits = sorted({split for _, split in keys if split})
     return langs + [f"{lg}/{s}" for lg in langs for s in splits]
 
 
-def in_group(item: QAItem, group: str) -> bool:
-    lang, _, split = group.partition("/")
-    return item_language(item) == lang and (not split or item.split == split)
+def in_group(lang: str, split: str | None, group: str) -> bool:
+    """Whether a question of `lang` in half `split` counts in `group` ('en' or 'en/report')."""
+    g_lang, _, g_split = group.partition("/")
+    return lang == g_lang and (not g_split or split == g_split)
 
 
 def parse_modes(modes: str | Sequence[str]) -> list[str]:
@@ -225,8 +232,9 @@ def evaluate(items: Sequence[QAItem], retriever, modes: Sequence[str] = MODES, j
             seconds.append(time.perf_counter() - t)
             ranks.append(first_hit_rank(it, hits, judge_by))
         res: dict[str, Any] = {"overall": metrics(ranks)}
-        for group in language_groups(items):
-            res[group] = metrics([r for r, it in zip(ranks, items) if in_group(it, group)])
+        keys = [(item_language(it), it.split) for it in items]
+        for group in language_groups(keys):
+            res[group] = metrics([r for r, key in zip(ranks, keys) if in_group(*key, group)])
         res["latency_ms"] = 1000 * sum(seconds) / len(seconds) if seconds else math.nan
         report_modes[mode] = res
         all_ranks[mode] = ranks

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .evaluate import QAItem, item_language, normalise
+from .evaluate import QAItem, in_group, item_language, language_groups, normalise
 from .generate.base import Generator
 
 METRICS = ("answer_acc", "answer_key", "cited_acc", "cited", "valid", "abstained")
@@ -99,18 +99,6 @@ def summarise(records: Sequence[AnswerRecord]) -> dict[str, float]:
     return out
 
 
-def group_names(records: Sequence[AnswerRecord]) -> list[str]:
-    """'en', 'zh', then 'en/report', 'en/tune', ... for the splits present."""
-    langs = sorted({r.lang for r in records})
-    splits = sorted({r.split for r in records if r.split})
-    return langs + [f"{lg}/{s}" for lg in langs for s in splits]
-
-
-def _in_group(r: AnswerRecord, group: str) -> bool:
-    lang, _, split = group.partition("/")
-    return r.lang == lang and (not split or r.split == split)
-
-
 @dataclass
 class AnswerReport:
     """`groups[answerer][group]` = summarise(...) for each answerer and group; `records[answerer]` per question."""
@@ -146,7 +134,8 @@ def evaluate_answers(
             if progress:
                 progress(name, i, len(items))
         records[name] = recs
-        groups[name] = {g: summarise([r for r in recs if _in_group(r, g)]) for g in group_names(recs)}
+        keys = [(r.lang, r.split) for r in recs]
+        groups[name] = {g: summarise([r for r in recs if in_group(r.lang, r.split, g)]) for g in language_groups(keys)}
     return AnswerReport(groups, records)
 
 

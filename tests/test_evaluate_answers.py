@@ -8,8 +8,8 @@ import pytest
 from conftest import build_kb
 
 from docqa.documents import Answer, Hit
-from docqa.evaluate import QAItem
-from docqa.evaluate_answers import answerer_settings, evaluate_answers, group_names, judge_answer, summarise
+from docqa.evaluate import QAItem, language_groups
+from docqa.evaluate_answers import answerer_settings, evaluate_answers, judge_answer, summarise
 from docqa.generate.base import Generator
 
 
@@ -45,7 +45,14 @@ def test_summary_groups_by_language_and_half():
         QAItem("c", ["x"], lang="zh", split="report"),
     ]
     recs = [judge_answer(it, _answer(t, [1])) for it, t in zip(items, ["x [1]", "y [1]", "x [1]"])]
-    assert group_names(recs) == ["en", "zh", "en/report", "en/tune", "zh/report", "zh/tune"]
+    assert language_groups((r.lang, r.split) for r in recs) == [
+        "en",
+        "zh",
+        "en/report",
+        "en/tune",
+        "zh/report",
+        "zh/tune",
+    ]
     s = summarise(recs[:2])
     assert s["n"] == 2 and s["answer_key"] == 0.5 and s["cited"] == 1.0 and s["chars"] == 5
 

@@ -87,10 +87,11 @@ def _server_config(
     from ..errors import ConfigError
     from ..server.auth import parse_key_option
     from ..server.state import ServerConfig
+    from ..store import DB_NAME
 
     indexes = [p.expanduser() for p in index or []]
     for p in indexes:
-        if not (p / "kb.sqlite").exists():
+        if not (p / DB_NAME).exists():
             raise ConfigError(f"no knowledge base at {p} (run `docqa ingest DIR --index {p}` first)")
     root = (root or (indexes[0].parent if indexes else Path(s.index).parent)).expanduser()
     keys = [parse_key_option(k) for k in api_key or []]
