@@ -54,12 +54,24 @@ MODEL_FAMILIES = ("auto", "chatglm", "chatglm2", "chatglm3")
 OCR_MODES = ("auto", "always", "never")
 #: `model_hub`: where a hub id such as THUDM/chatglm2-6b is downloaded from (ZhipuAI/... always uses ModelScope)
 MODEL_HUBS = ("huggingface", "modelscope")
+#: `store`: where the dense vectors live (SQLite is always the source of truth for documents and text)
+STORES = ("faiss", "milvus")
+#: `ann` (FAISS index type): auto = exact flat while small, an approximate index chosen by size above that
+ANN_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+#: `embed_backend`: torch = the sentence-transformers model as shipped; onnx-int8 = a dynamically quantised
+#: ONNX export run by onnxruntime (faster ingest on CPU)
+EMBED_BACKENDS = ("torch", "onnx-int8")
+#: `finetune_method` (docqa finetune --method)
+FINETUNE_METHODS = ("lora", "qlora", "ptuning")
 
 
 @dataclass
 class Settings:
     # knowledge base
     index: Path = Path("indexes/default")
+    store: str = "faiss"  # STORES
+    milvus_uri: str = ""  # a Milvus Lite file path or http://host:19530; "" = <index>/milvus.db
+    ann: str = "auto"  # ANN_TYPES
     # loading
     include_hidden: bool = False
     follow_symlinks: bool = False
@@ -75,6 +87,7 @@ class Settings:
     embed_batch: int = 32
     embed_device: str = "cpu"
     embed_precision: str = "auto"  # one of EMBED_PRECISIONS
+    embed_backend: str = "torch"  # EMBED_BACKENDS
     embed_languages: str = ""  # "en,zh": languages the embedding model handles well; "" = guess from its name
     # retrieval
     mode: str = "hybrid"
@@ -98,7 +111,9 @@ class Settings:
     offline: bool = False  # never download models (fallback: HF_HUB_OFFLINE)
     hf_cache: Path = Path.home() / ".cache/huggingface/hub"  # fallback: HF_HUB_CACHE, else $HF_HOME/hub
     cache: Path = Path.home() / ".cache/docqa"  # docqa's own caches (demo model, jieba); fallback: XDG_CACHE_HOME
-    max_context: int = 0  # 0 = the model's own
+    max_context: int = 0  # 0 = the model's own (on CPU: what first_token_s allows, see prompt budget)
+    first_token_s: float = 60.0  # CPU only: the default context is sized so prefill takes about this long
+    adapter: str = ""  # a fine-tuned adapter folder (docqa finetune) applied to the local ChatGLM model
     max_new_tokens: int = 512
     temperature: float = 0.3
     top_p: float = 0.8
@@ -174,6 +189,9 @@ def _validate(s: Settings) -> None:
     _one_of("model_hub", s.model_hub, MODEL_HUBS)
     _one_of("ocr", s.ocr, OCR_MODES)
     _one_of("model_family", s.model_family, MODEL_FAMILIES)
+    _one_of("store", s.store, STORES)
+    _one_of("ann", s.ann, ANN_TYPES)
+    _one_of("embed_backend", s.embed_backend, EMBED_BACKENDS)
     if not valid_device(s.llm_device):
         raise ConfigError(f"llm_device must be one of {', '.join(LLM_DEVICES)} or cuda:N, got {s.llm_device!r}")
     if s.chunk_tokens < 16:
