@@ -380,13 +380,13 @@ def test_answerer_output_with_lead_in_and_markers_fits_max_chars(max_chars):
 
 
 def test_answerer_max_units_bounds_the_picks():
-    text = " ".join(f"Sentence {i} mentions rsync and its options." for i in range(12))
+    text = " ".join(f"Step {i} runs rsync." for i in range(ANSWER_UNITS + 4))
     assert len(list(ExtractiveAnswerer(max_units=2).answer("What does rsync do?", [text]))) == 3  # lead-in + 2
     assert len(list(ExtractiveAnswerer().answer("What does rsync do?", [text]))) == 1 + ANSWER_UNITS
 
 
 def test_chinese_questions_get_more_picks_by_default():
-    text = "".join(f"第{i}句提到 rsync 同步。" for i in range(14))
+    text = "".join(f"第{i}句提到 rsync 同步。" for i in range(ANSWER_UNITS_ZH + 4))
     assert len(list(ExtractiveAnswerer().answer("rsync 同步是什么？", [text]))) == 1 + ANSWER_UNITS_ZH
     assert len(list(ExtractiveAnswerer(max_units=3).answer("rsync 同步是什么？", [text]))) == 1 + 3
 
@@ -462,3 +462,25 @@ def test_constructor_keeps_its_signature():
     sim = lambda q, texts: [0.0] * len(texts)  # noqa: E731
     a = ExtractiveAnswerer(sim, frozenset({"en", "zh"}), 300, max_units=3)
     assert (a.similarity, a.covered_languages, a.max_chars, a.max_units) == (sim, frozenset({"en", "zh"}), 300, 3)
+
+
+def test_long_sentence_quoted_as_its_matching_clauses():
+    # a 300-character sentence would spend half the answer; only the clauses about the question are quoted
+    filler = ", ".join(f"unrelated remark number {i} about something else" for i in range(6))
+    text = f"In this release, {filler}, and copy2() keeps the modification time of the file, as documented."
+    quote = select("Which function keeps the modification time?", [text])[0].text
+    assert "copy2() keeps the modification time" in quote
+    assert len(quote) <= 125 and quote.startswith("…")
+    assert quote.strip("…") in text  # still verbatim: a run of the sentence's own characters
+
+
+def test_clip_to_clauses_keeps_text_that_fits_or_does_not_match():
+    from docqa.generate.scoring import clip_to_clauses, question_terms
+
+    terms = question_terms("How do I mount a partition?")
+    assert clip_to_clauses("Short sentence.", terms, 120) == "Short sentence."
+    no_match = "Alpha, beta, gamma, delta, " * 8
+    assert clip_to_clauses(no_match, terms, 40) == no_match
+    zh = "若未给定选项参数，则默认使用描述符，" * 3 + "挂载分区请编辑 /etc/fstab 文件。"
+    out = clip_to_clauses(zh, question_terms("怎么挂载分区？"), 30)
+    assert out.startswith("…") and "挂载分区请编辑 /etc/fstab 文件。" in out

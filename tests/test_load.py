@@ -357,6 +357,18 @@ def test_html_text_blocks_and_sections(tmp_path: Path) -> None:
         assert doc.text[s.start :].startswith(s.path[-1])
 
 
+def test_html_docbook_navigation_bars_dropped() -> None:
+    # DocBook pages (Debian's manuals) carry previous/next bars as plain divs: they must not become answer text
+    from docqa.load.html import load_html_bytes
+
+    page = (
+        '<div class="navheader"><table><tr><td>Prev</td><td>Next</td></tr></table></div>'
+        '<h1>A</h1><p>body text</p><div class="navfooter">上一页 | 下一页 | 起始页</div>'
+    )
+    doc = load_html_bytes("p.html", page.encode())
+    assert doc.text == "A\n\nbody text"
+
+
 @pytest.mark.parametrize("declared", ["gb2312", "gbk", "GB18030"])
 def test_html_gb_encoded_page(tmp_path: Path, declared: str) -> None:
     # 镕 is GBK-only: a page that says gb2312 but uses GBK characters must still decode.

@@ -43,14 +43,16 @@ from dataclasses import dataclass
 
 from ..text import CITATION, detect_language
 from .base import GenerationOptions, Generator, Prompt
-from .scoring import Candidate, Similarity, companions, score_units
+from .scoring import Candidate, Similarity, clip_to_clauses, companions, question_terms, score_units
 from .units import Unit, split_units
 
 __all__ = ["ExtractiveAnswerer", "Quote", "Unit", "render", "select", "split_units"]
 
 #: picks ExtractiveAnswerer asks select for, per question language (see its docstring)
-ANSWER_UNITS = 8
-ANSWER_UNITS_ZH = 10
+ANSWER_UNITS = 14
+ANSWER_UNITS_ZH = 16
+#: a unit longer than this is quoted as its best-matching run of clauses (scoring.clip_to_clauses)
+CLIP_CHARS = 120
 
 LEAD_IN = {"en": "From the documents:", "zh": "文档中的相关原文："}
 NOTHING = {"en": "The documents found do not contain a passage to quote.", "zh": "检索到的文档中没有可以引用的内容。"}
@@ -101,7 +103,10 @@ class _Picker:
         units_by_passage: list[list[Unit]],
         max_chars: int,
         max_units: int,
+        q_terms: dict[str, float] | None = None,
     ):
+        self.q_terms = q_terms or {}
+        self._quoted: dict[tuple[int, int], str] = {}
         self.texts = [p or "" for p in passages]
         self.units_by_passage = units_by_passage
         self.index = {(c.passage, c.index): c for c in cands}
@@ -115,6 +120,16 @@ class _Picker:
         self.passages: list[int] = []  # passages in the order their first quote was chosen
         self.used = 0
 
+    def quoted(self, c: Candidate) -> str:
+        """What quoting `c` shows: a long unit only its clauses that match the question (see CLIP_CHARS)."""
+        key = (c.passage, c.index)
+        if key not in self._quoted:
+            text = c.unit.text
+            if CLIP_CHARS and self.q_terms and len(text) > CLIP_CHARS:
+                text = clip_to_clauses(text, self.q_terms, CLIP_CHARS)
+            self._quoted[key] = text
+        return self._quoted[key]
+
     def take(self, c: Candidate, pick: bool) -> bool:
         key = (c.passage, c.index)
         if key in self.chosen or (pick and len(self.picked) >= self.max_units):
@@ -123,6 +138,7 @@ class _Picker:
         if text in self.seen_texts:
             return False  # overlapping chunks repeat sentences: quote each once
         self.seen_texts.add(text)
+        text = self.quoted(c)
         room = self.max_chars - self.used
         if len(text) > room:
             if self.chosen or not pick:
@@ -150,7 +166,7 @@ class _Picker:
             eff = c.score + bonus
             if self.chosen and eff < _MIN_SHARE * self.best:
                 continue
-            if len(c.unit.text) > self.max_chars - self.used and self.chosen:
+            if len(self.quoted(c)) > self.max_chars - self.used and self.chosen:
                 continue
             if pick is None or eff > pick[0] + 1e-12:
                 pick = (eff, c)
@@ -208,7 +224,7 @@ def select(
     del language  # the tokenizer handles both languages; kept in the signature for callers that know it
     units_by_passage = [split_units(p or "") for p in passages]
     cands = score_units(question, units_by_passage, similarity)
-    return _Picker(cands, passages, units_by_passage, max_chars, max_units).run()
+    return _Picker(cands, passages, units_by_passage, max_chars, max_units, question_terms(question)).run()
 
 
 # ----------------------------------------------------------------------------------------------- rendering

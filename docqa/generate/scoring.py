@@ -29,7 +29,7 @@ from ..text import CJK
 from ..tokenize import is_code_term, tokenize_query
 from .units import TERMINAL, Unit
 
-__all__ = ["Candidate", "Similarity", "companions", "score_units"]
+__all__ = ["Candidate", "Similarity", "clip_to_clauses", "companions", "question_terms", "score_units"]
 
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 
@@ -63,7 +63,7 @@ _HOW_WORDS = re.compile(
 _HAS_CJK = re.compile(f"[{CJK}]")
 
 
-def _question_terms(question: str) -> dict[str, float]:
+def question_terms(question: str) -> dict[str, float]:
     """The question's content terms with a base weight: 1 for a word; less for a Chinese bigram that crosses a
     word boundary ("统升" of 系统升级) and for the parts of a compound the whole of which is also a term
     ("apt" of apt-get): they mostly repeat what the word already says."""
@@ -82,6 +82,53 @@ def _question_terms(question: str) -> dict[str, float]:
             part = not is_code_term(t) and any(t in c and t != c for c in compounds)
             terms[t] = 0.35 if part else 1.0
     return terms
+
+
+# clause boundaries inside a sentence: after , ; 、 (and their full-width forms) and after a colon; not around
+# parentheses: "(https://...)" or "(see below)" alone says nothing
+_CLAUSE = re.compile(r"(?<=[,;，；、])|(?<=[:：])(?=\s)")
+
+
+def clip_to_clauses(text: str, q_terms: dict[str, float], limit: int) -> str:
+    """The run of consecutive clauses of `text` (at most `limit` characters) that holds the most question-term
+    weight, with '…' where text was left out; `text` itself when it fits, has one clause, or no clause matches.
+
+        >>> terms = question_terms("How do I keep the modification time when copying?")
+        >>> clip_to_clauses("Unlike copy(), which drops metadata, copy2() also keeps the modification time, "
+        ...                 "the access time and the flags, where the platform allows it.", terms, 80)
+        '…copy2() also keeps the modification time, the access time and the flags…'
+
+    Why: a long sentence spends the answer's few hundred characters on words the question did not ask about;
+    quoting its matching clauses leaves room for more of the units that answer.
+    """
+    if len(text) <= limit:
+        return text
+    # clause spans (start, end) in `text`, so that what is quoted is the text's own characters
+    cuts = [0] + [m.start() for m in _CLAUSE.finditer(text) if 0 < m.start() < len(text)] + [len(text)]
+    spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+    if len(spans) < 2:
+        return text
+    weights = []
+    for a, b in spans:
+        terms = set(tokenize_query(text[a:b]))
+        weights.append(sum(w for t, w in q_terms.items() if t in terms))
+    best: tuple[tuple[float, int], int, int] | None = None
+    for i in range(len(spans)):
+        weight = 0.0
+        for j in range(i, len(spans)):
+            weight += weights[j]
+            size = len(text[spans[i][0] : spans[j][1]].strip())
+            if size > limit:
+                break
+            if best is None or (weight, -size) > best[0]:
+                best = ((weight, -size), i, j)
+    if best is None or best[0][0] <= 0:
+        return text
+    _, i, j = best
+    quoted = text[spans[i][0] : spans[j][1]].strip()
+    if j < len(spans) - 1:
+        quoted = quoted.rstrip(",;，；、") + "…"
+    return ("…" if i > 0 else "") + quoted
 
 
 _LONG_OPTION = re.compile(r"--([A-Za-z][\w-]*)")
@@ -146,7 +193,7 @@ def score_units(question: str, units_by_passage: list[list[Unit]], similarity: S
     if not cands:
         return []
     texts = [c.unit.text for c in cands]
-    q_terms = _question_terms(question)
+    q_terms = question_terms(question)
     lex = _lexical(q_terms, texts)
     dense = _dense(question, texts, similarity)
     wants_how = bool(_HOW_WORDS.search(question.lower()))

@@ -7,7 +7,7 @@
 Encoding: BOM, then the declared charset (`<meta charset>`, `http-equiv`, XML declaration; GB2312/GBK are read as
 their superset GB18030, latin-1/ascii as cp1252 as browsers do), then the shared text detector.
 Dropped: script, style, noscript, template, nav, aside, svg, canvas, iframe, object, embed, elements marked
-`hidden`/`aria-hidden="true"`/`display:none`, and header/footer that are page chrome (outside article/main —
+`hidden`/`aria-hidden="true"`/`display:none`, DocBook navheader/navfooter bars, and header/footer that are page chrome (outside article/main —
 an article's own <header> often holds its h1). Whitespace inside inline content collapses to one space; <pre>
 keeps it; table cells are joined with " | ", one row per line, and each outermost table's span and header row go
 into metadata["tables"] (docqa/chunk.py keeps rows whole and repeats the header in each chunk of the table).
@@ -180,13 +180,17 @@ class _Builder:
 
 
 _CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "complementary"})
+# DocBook's (Debian's manuals, many GNU ones) previous/next bars are plain divs with these classes
+_CHROME_CLASSES = frozenset({"navheader", "navfooter"})
 
 
 def _is_hidden(tag: Any) -> bool:
-    """Invisible elements, and page chrome marked by ARIA role (Sphinx's navigation bars are plain divs)."""
+    """Invisible elements, and page chrome marked by ARIA role (Sphinx's navigation bars are plain divs) or by
+    DocBook's navheader/navfooter class."""
     attrs = tag.attrs or {}
     return (
         str(attrs.get("role", "")).lower() in _CHROME_ROLES
+        or not _CHROME_CLASSES.isdisjoint(attrs.get("class") or ())
         or "hidden" in attrs
         or str(attrs.get("aria-hidden", "")).lower() == "true"
         or bool(_HIDDEN_STYLE.search(str(attrs.get("style", ""))))
