@@ -484,3 +484,13 @@ def test_clip_to_clauses_keeps_text_that_fits_or_does_not_match():
     zh = "若未给定选项参数，则默认使用描述符，" * 3 + "挂载分区请编辑 /etc/fstab 文件。"
     out = clip_to_clauses(zh, question_terms("怎么挂载分区？"), 30)
     assert out.startswith("…") and "挂载分区请编辑 /etc/fstab 文件。" in out
+
+
+def test_sentence_introducing_a_command_is_quoted_whole():
+    intro = (
+        "To create a virtual environment, decide upon a directory where you want to place it, and run the "
+        "venv module as a script with the directory path:"
+    )
+    text = f"{intro}\n\npython3 -m venv tutorial-env\n\nThis creates the directory."
+    quotes = [q.text for q in select("How do I create a virtual environment?", [text])]
+    assert intro in quotes and "python3 -m venv tutorial-env" in quotes

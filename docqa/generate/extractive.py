@@ -125,7 +125,9 @@ class _Picker:
         key = (c.passage, c.index)
         if key not in self._quoted:
             text = c.unit.text
-            if CLIP_CHARS and self.q_terms and len(text) > CLIP_CHARS:
+            # a sentence that introduces what follows ("..., run the venv module with the directory path:")
+            # is quoted whole: its instruction is in the clause that shares no word with the question
+            if CLIP_CHARS and self.q_terms and len(text) > CLIP_CHARS and not text.endswith((":", "：")):
                 text = clip_to_clauses(text, self.q_terms, CLIP_CHARS)
             self._quoted[key] = text
         return self._quoted[key]
