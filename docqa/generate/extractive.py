@@ -168,11 +168,22 @@ class _Picker:
             eff = c.score + bonus
             if self.chosen and eff < _MIN_SHARE * self.best:
                 continue
-            if len(self.quoted(c)) > self.max_chars - self.used and self.chosen:
+            if self.chosen and self.needs(c) > self.max_chars - self.used:
                 continue
             if pick is None or eff > pick[0] + 1e-12:
                 pick = (eff, c)
         return pick[1] if pick else None
+
+    def needs(self, c: Candidate) -> int:
+        """Characters quoting `c` takes: a sentence that introduces a command ("...以下命令：") counts the commands
+        it brings, because quoted without them it promises an answer and gives none."""
+        size = len(self.quoted(c))
+        if c.unit.text.endswith((":", "：")):
+            for j in companions(c, self.units_by_passage[c.passage], self.texts[c.passage]):
+                comp = self.index.get((c.passage, j))
+                if comp is not None and (c.passage, j) not in self.chosen:
+                    size += len(self.quoted(comp))
+        return size
 
     def bring_companions(self, c: Candidate) -> None:
         # companions of companions too ("然后执行" / apt-get update / "然后运行" / apt-get dist-upgrade), two steps deep
