@@ -19,16 +19,16 @@ How it works:
     tokenizer), the injected embedding cosine where the caller says the embedder covers the language, bonuses
     for commands and option entries when the question asks how / which option, the lent score of a matching
     heading or FAQ question, and a prior for the passage's retrieval rank.
-  * `select` takes the best units greedily; each brings its companions (a sentence ending in ':' brings the
-    command after it, a command the sentence that introduces it, a later sentence of an option's description
-    the option). Quotes come back grouped by passage, in reading order, within `max_chars`.
+  * `select` takes the best units greedily, a long sentence as its clauses that match (`clip_to_clauses`); each
+    brings its companions (a sentence ending in ':' brings the command after it, a command the sentence that
+    introduces it, a later sentence of an option's description the option). Quotes come back grouped by passage, in reading order, within `max_chars`.
   * `ExtractiveAnswerer` (a `Generator`) renders the quotes under a lead-in, the whole text within `max_chars`.
 
 Measured (`docqa eval corpora/dev_qa.jsonl --answers --llm extractive` over corpora/sample + corpora/dev, default
-retrieval of 2 Dec 2026, no similarity: the factory builds it without one; "key" = the answer holds the first
-keyword): tune en 0.44 / zh 0.54, report en 0.41 / zh 0.45; median answer 580 / 520 characters, 10-30 ms. The
-module before the option-entry bonuses, the Chinese pick count and the option-description fixes measured
-en 0.44 / zh 0.49 (tune) and en 0.39 / zh 0.42 (report) on the passages of the day.
+retrieval, no similarity: the factory builds it without one; "key" = the answer holds the first keyword), tune /
+report: en 0.50 / 0.46, zh 0.55 / 0.51 at a median of ~590 characters, 50-100 ms on a loaded 2-core machine
+(README "Answers" has the table and the history of each rule). Similarity at weight 0.3 / 0.5 / 0.7 (English):
+tune +5 / +4 / +7 points, report +2 / +1 / -1, at ~2 s of encoding per question: not worth it.
 
 Limits: extraction cannot paraphrase, combine facts across passages or answer yes/no; synonyms the question
 and the text do not share (解压 vs 提取) only match through the embedder, which covers English only by default.
@@ -279,8 +279,9 @@ class ExtractiveAnswerer(Generator):
     As a `Generator` it answers through `stream_grounded` (docqa/answer.py hands it the top `passage_limit`
     passages); `stream` gets a plain prompt with no passages, so it says it has nothing to quote.
 
-    `max_units` (picks, not counting the commands and introductions they bring along) defaults to 8 for English
-    and 10 for Chinese questions rather than select's 4; it reads the best `passage_limit` = 8 passages. Measured
+    `max_units` (picks, not counting the commands and introductions they bring along) defaults to 14 for English
+    and 16 for Chinese questions rather than select's 4 (with clause clipping a pick is short: 8 / 10 were the
+    counts before it); it reads the best `passage_limit` = 8 passages. Measured
     with `docqa eval --answers` after retrieval started merging adjacent fragments (answer holds the first
     keyword, tune / report): 5 passages and 6 / 10 picks gave en 0.439 / 0.412, zh 0.537 / 0.450; 8 passages
     en 0.449 / 0.433, zh 0.537 / 0.475; 8 passages and 8 English picks en 0.490 / 0.443 at a median of 585
