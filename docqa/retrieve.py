@@ -59,6 +59,12 @@ Tried and dropped (on top of 2, or of 2 + 3):
   (en .308 -> .385, zh .133 -> .267 on report) but all-question hit@1 fell (zh/tune .378 -> .280); inserting
   the bridged passages at fixed places (2/5/8, 4, 5/7/9, 9/14/19) lowered tune hit@5 too.
 
+- (round 3, raw chunks before merging, zh tune / report) lexical pseudo-relevance feedback (RM3-style: the
+  top 3-5 BM25 chunks' 5-10 best tf-idf terms added as a second BM25 query, RRF-fused at 0.5 / 1): hit@5
+  .573 / .562 -> .537-.561 / .525-.562, hit@20 flat or lower; dropping query bigrams that contain a question
+  character (候怎 of 时候怎么): no change at all; also dropping question words and single characters:
+  hit@5 .671 / .637 -> .659 / .625-.637.
+
 Cross-language questions (`xlang`: an English question about a Chinese page or the reverse; no translation of
 that page is in the corpus) stay weak: hybrid hit@1/5/20 en/tune .154/.308/.385, en/report .154/.231/.385,
 zh/tune 0/0/.125, zh/report .067/.133/.200. Most remaining Chinese misses are paraphrases BM25 cannot match
@@ -93,7 +99,7 @@ from .fusion import (
     rrf_fuse,
     shingles,
 )
-from .store import ChunkRow, KnowledgeBase
+from .store import ChunkRow, KnowledgeBase, store_options
 from .text import detect_language
 from .tokenize import tokenize_query
 
@@ -371,7 +377,7 @@ def open_retriever(settings: Settings) -> Retriever:
     """A Retriever over the knowledge base at `settings.index`, with the embedding model it was built with."""
     from .embed import get_embedder
 
-    kb = KnowledgeBase.open(settings.index)
+    kb = KnowledgeBase.open(settings.index, **store_options(settings))
     if settings.embed_model != kb.embed_model and settings.embed_model != Settings.embed_model:
         kb.close()
         from .errors import ModelMismatchError
