@@ -35,8 +35,12 @@ demo: venv
 	$(BIN)/docqa search "How do I create a virtual environment?" --index $(INDEX) -k 3
 	$(BIN)/docqa ask "How do I create a virtual environment in Python?" --index $(INDEX)
 
+# two workers (pytest-xdist), a test file per worker: many tests wait on child processes and servers, so two
+# workers on two cores take about half the time of one; more would multiply the models held in memory
+TEST_WORKERS ?= 2
+
 test: venv lint system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules tests $(DOCTESTS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --doctest-modules tests $(DOCTESTS)
 
 system-deps:
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

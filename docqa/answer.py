@@ -16,7 +16,8 @@ that point to no passage in the prompt go to `Answer.invalid_citations` and are 
 The model's output is only ever returned as text: nothing here executes it or calls tools with it.
 
 Timings (seconds): `retrieval`, `prompt`, `first_token` (from the call, i.e. what the user waits),
-`generation` (model time), `total`.
+`generation` (model time), `total`; a local model adds `prompt_tokens`, `cached_tokens` (of those, reused from the
+previous turn's KV cache), `new_tokens`, `prefill_s`, `decode_s` and `tokens_per_s` (GenerationStats).
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def ask(
     abstain: bool = True,
     cancel: threading.Event | None = None,
     on_plan: Callable[[PromptPlan], None] | None = None,
+    plan_fn: Callable[[str, list[Hit]], PromptPlan] | None = None,
 ) -> Answer:
     """Answer `question` from the knowledge base, streaming text pieces to `on_text` as they come.
 
     `rewritten` is the standalone form of a follow-up (docqa/chat.py): it is what retrieval searches for, while
     the model sees the question as asked after the kept `history` turns. When `cancel` is given, Ctrl-C
     (KeyboardInterrupt) during generation stops the answer instead of propagating: the event is set and the
-    partial answer is returned. `on_plan` sees the prompt plan before generation (for --verbose).
+    partial answer is returned. `on_plan` sees the prompt plan before generation (for --verbose). `plan_fn`
+    (question, hits) -> PromptPlan replaces `build_prompt` (docqa/chat.py: a turn that extends the conversation).
     """
     t0 = time.perf_counter()
     question = question.strip()
@@ -123,7 +126,10 @@ def ask(
         return _abstain(answer, on_text, {"retrieval": t_retrieval, "total": time.perf_counter() - t0})
 
     t1 = time.perf_counter()
-    plan = build_prompt(question, hits, generator, settings, history or ())
+    if plan_fn is not None:
+        plan = plan_fn(question, list(hits))
+    else:
+        plan = build_prompt(question, hits, generator, settings, history or ())
     t_prompt = time.perf_counter() - t1
     if on_plan:
         on_plan(plan)

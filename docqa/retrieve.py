@@ -378,14 +378,19 @@ def open_retriever(settings: Settings) -> Retriever:
     from .embed import get_embedder
 
     kb = KnowledgeBase.open(settings.index, **store_options(settings))
-    if settings.embed_model != kb.embed_model and settings.embed_model != Settings.embed_model:
+    from .embed import split_model_name
+
+    # a knowledge base records `<model>@<backend>` for non-torch vectors: the model is what must match
+    if settings.embed_model != split_model_name(kb.embed_model)[0] and settings.embed_model != Settings.embed_model:
         kb.close()
         from .errors import ModelMismatchError
 
         raise ModelMismatchError(
             f"{settings.index} was built with {kb.embed_model!r}, not {settings.embed_model!r}; search it with its own model"
         )
-    embedder = get_embedder(kb.embed_model, settings.embed_device, settings.embed_precision, settings.embed_languages)
+    embedder = get_embedder(
+        kb.embed_model, settings.embed_device, settings.embed_precision, settings.embed_languages, cache=settings.cache
+    )
     reranker = None
     if settings.reranker:
         from .rerank import CrossEncoderReranker

@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Rich wraps console output at the terminal width (80 when there is none): a long tmp path (pytest-xdist adds
+# popen-gwN to every one) would be cut by a line break in the middle of the text tests look for
+os.environ.setdefault("COLUMNS", "400")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -121,3 +124,124 @@ def echo_generator():
             yield "Use apt [1]."
 
     return Echo()
+
+
+def write_tiny_chatglm2(folder: Path, seed: int = 0, vocab: int = 65024) -> Path:
+    """A tiny random ChatGLM2 checkpoint in the official layout with the real tokenizer: config.json in ChatGLM's
+    format, upstream tensor names in one `pytorch_model.bin` (torch.save of a plain state dict), and
+    tests/data/chatglm2/tokenizer.model. Hidden 64, 2 layers, 4 heads of 16, 2 key/value groups, padded vocab
+    65,024 (what the real tokenizer needs)."""
+    import json
+    import shutil
+
+    import torch
+
+    hidden, layers, heads, hd, groups, ffn = 64, 2, 4, 16, 2, 128
+    cfg = {
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "add_bias_linear": False,
+        "add_qkv_bias": True,
+        "apply_residual_connection_post_layernorm": False,
+        "ffn_hidden_size": ffn,
+        "hidden_size": hidden,
+        "kv_channels": hd,
+        "layernorm_epsilon": 1e-5,
+        "multi_query_attention": True,
+        "multi_query_group_num": groups,
+        "num_attention_heads": heads,
+        "num_layers": layers,
+        "original_rope": True,
+        "padded_vocab_size": vocab,
+        "post_layer_norm": True,
+        "rmsnorm": True,
+        "seq_length": 32768,
+        "torch_dtype": "float32",
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    state = {
+        "transformer.embedding.word_embeddings.weight": rnd(vocab, hidden, std=0.5),
+        "transformer.encoder.final_layernorm.weight": torch.ones(hidden),
+        # wide enough that a token can be predicted with confidence (std 0.1 caps the best loss near 5 nats)
+        "transformer.output_layer.weight": rnd(vocab, hidden, std=0.5),
+    }
+    for i in range(layers):
+        p = f"transformer.encoder.layers.{i}."
+        state[p + "input_layernorm.weight"] = torch.ones(hidden)
+        state[p + "post_attention_layernorm.weight"] = torch.ones(hidden)
+        state[p + "self_attention.query_key_value.weight"] = rnd((heads + 2 * groups) * hd, hidden, std=0.1)
+        state[p + "self_attention.query_key_value.bias"] = rnd((heads + 2 * groups) * hd)
+        state[p + "self_attention.dense.weight"] = rnd(hidden, heads * hd, std=0.1)
+        state[p + "mlp.dense_h_to_4h.weight"] = rnd(2 * ffn, hidden, std=0.1)
+        state[p + "mlp.dense_4h_to_h.weight"] = rnd(hidden, ffn, std=0.1)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    torch.save(state, folder / "pytorch_model.bin")
+    shutil.copy(DATA / "chatglm2" / "tokenizer.model", folder / "tokenizer.model")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_chatglm2_real(tmp_path_factory) -> Path:
+    """write_tiny_chatglm2 in a session tmp folder (treat it as read-only)."""
+    return write_tiny_chatglm2(tmp_path_factory.mktemp("tiny-real") / "tiny-chatglm2-real")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """`milvus-lite server` on a free loopback port, one per session (it takes a few seconds to start); yields its
+    URI, stopped by PID at the end. The same gRPC API a Milvus cluster speaks, so the client code path is the
+    cluster's."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("milvus_lite")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path_factory.mktemp("milvus-server")
+    cmd = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data), "--host", "127.0.0.1"]
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"milvus-lite server did not start (exit {proc.poll()})")
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """A docqa cache folder holding the int8 ONNX export of the embedded model, exported once per session."""
+    return tmp_path_factory.mktemp("docqa-cache")
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(onnx_cache):
+    """The onnx-int8 embedder over `onnx_cache` (the export takes a few seconds: once per session)."""
+    from docqa.embed_onnx import OnnxInt8Embedder
+
+    emb = OnnxInt8Embedder("all-MiniLM-L6-v2", onnx_cache, "")
+    emb.ensure_file()
+    return emb

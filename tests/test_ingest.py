@@ -114,3 +114,119 @@ def test_rerun_over_unchanged_files_loads_no_model(docs_dir, settings, embedder)
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------- pipeline, batching, backends
+def _many_files(folder, n, words=30):
+    folder.mkdir()
+    for i in range(n):
+        body = " ".join(f"topic{i} word{j % 7}" for j in range(words))
+        (folder / f"f{i:03}.txt").write_text(f"File {i} is about topic{i}. {body}\n", encoding="utf-8")
+    return folder
+
+
+def _kb_state(index):
+    with KnowledgeBase.open(index) as kb:
+        rows = kb.chunks(range(10_000))
+        docs = sorted((os.path.basename(d.path), d.chunks, d.status) for d in kb.documents())
+        texts = sorted((r.source.rsplit("/", 1)[-1], r.ordinal, r.text) for r in rows.values())
+        assert kb.verify() == []
+        return docs, texts, kb.chunk_count()
+
+
+def test_commits_are_capped_by_chunks_and_characters(tmp_path, monkeypatch):
+    from fakeembed import HashEmbedder
+
+    import docqa.ingest as ing
+    from docqa.config import Settings
+
+    assert ing.commit_limit(0) == 512 and ing.commit_limit(10**7) == ing.MAX_COMMIT_CHUNKS  # bounded at any size
+    docs = _many_files(tmp_path / "docs", 23)
+    events = []
+    monkeypatch.setattr(ing, "MAX_COMMIT_CHUNKS", 5)
+    s = Settings(index=tmp_path / "kb", file_timeout=30)
+    r = ingest([docs], s, HashEmbedder(), lambda ev, **kw: events.append((ev, kw)))
+    sizes = [kw["chunks"] for ev, kw in events if ev == "commit"]
+    assert r.chunks == 23 and sum(sizes) == 23 and max(sizes) <= 5 and r.commits == len(sizes) == 5
+    monkeypatch.setattr(ing, "MAX_COMMIT_CHUNKS", 10_000)
+    monkeypatch.setattr(ing, "MAX_COMMIT_CHARS", 1_000)  # each file's chunk is ~440 characters: 3 per commit
+    events.clear()
+    r = ingest(
+        [_many_files(tmp_path / "more", 9)],
+        s.replace(index=tmp_path / "kb2"),
+        HashEmbedder(),
+        lambda ev, **kw: events.append((ev, kw)),
+    )
+    assert [kw["chunks"] for ev, kw in events if ev == "commit"] == [3, 3, 3]
+
+
+def test_parallel_pipeline_stores_what_the_serial_one_does(tmp_path, monkeypatch):
+    from fakeembed import HashEmbedder
+
+    import docqa.ingest as ing
+    import docqa.store.batch as batch
+    from docqa.config import Settings
+    from docqa.retrieve import open_retriever
+
+    docs = _many_files(tmp_path / "docs", 30, words=120)
+    (docs / "bad.pdf").write_bytes(b"%PDF-1.4 not a pdf")
+    monkeypatch.setattr(ing, "MAX_COMMIT_CHUNKS", 7)
+    monkeypatch.setattr(batch, "LEXICAL_BUFFER_CHUNKS", 3)  # postings written early inside a batch
+    calls = []
+    emb = HashEmbedder()
+    real_encode = emb.encode
+    monkeypatch.setattr(emb, "encode", lambda texts, **kw: calls.append(len(texts)) or real_encode(texts, **kw))
+    a = ingest([docs], Settings(index=tmp_path / "a", file_timeout=30), emb, parallel=True)
+    b = ingest([docs], Settings(index=tmp_path / "b", file_timeout=30), emb, parallel=False)
+    assert (a.added, a.chunks, len(a.failed)) == (b.added, b.chunks, len(b.failed)) == (30, a.chunks, 1)
+    assert a.chunks > 30 and sum(calls) == 2 * a.chunks  # every chunk embedded once per run
+    assert _kb_state(tmp_path / "a") == _kb_state(tmp_path / "b")
+    with KnowledgeBase.open(tmp_path / "a") as kb:
+        assert kb.lexical.count() == kb.chunk_count()
+    monkeypatch.setattr("docqa.embed.get_embedder", lambda *a, **k: emb)
+    hits = open_retriever(Settings(index=tmp_path / "a", mode="bm25")).search("topic17", k=1)
+    assert hits[0].source.endswith("f017.txt")
+
+
+def test_a_chunker_failure_fails_the_file_not_the_ingest(docs_dir, settings, monkeypatch):
+    from fakeembed import HashEmbedder
+
+    import docqa.ingest as ing
+
+    real = ing.chunk_document
+
+    def chunk(doc, *a, **k):
+        if doc.source.endswith("tar.txt"):
+            raise RuntimeError("boom")
+        return real(doc, *a, **k)
+
+    monkeypatch.setattr(ing, "chunk_document", chunk)
+    r = ingest([docs_dir], settings, HashEmbedder())
+    assert r.added == 2 and [(os.path.basename(p), why) for p, why in r.failed] == [
+        ("tar.txt", "cannot chunk: RuntimeError: boom")
+    ]
+
+
+def test_backend_is_recorded_searched_with_and_never_mixed(docs_dir, settings, onnx_cache, monkeypatch):
+    from docqa.embed_onnx import OnnxInt8Embedder
+    from docqa.errors import ModelMismatchError
+    from docqa.retrieve import open_retriever
+    from docqa.store import MANIFEST_NAME
+
+    monkeypatch.setenv("DOCQA_CACHE", str(onnx_cache))  # where open_retriever's get_embedder finds the export
+    s = settings.replace(embed_backend="onnx-int8", cache=onnx_cache)
+    r = ingest([docs_dir], s)  # the settings choose the embedder
+    assert r.added == 3 and not r.failed
+    manifest = (settings.index / MANIFEST_NAME).read_text()
+    assert '"embed_model": "all-MiniLM-L6-v2@onnx-int8"' in manifest
+    retriever = open_retriever(settings)  # the knowledge base decides the backend, not the (torch) settings
+    try:
+        assert isinstance(retriever.embedder, OnnxInt8Embedder)
+        hits = retriever.search("How do I create a virtual environment?", k=1, mode="dense")
+        assert hits[0].source.endswith("venv.md")
+    finally:
+        retriever.kb.close()
+    (docs_dir / "new.txt").write_text("apt-get install installs a package.\n")
+    with pytest.raises(ModelMismatchError, match="embed_backend 'onnx-int8'"):
+        ingest([docs_dir], settings)  # torch vectors into an int8 knowledge base: refused
+    assert ingest([docs_dir], s).added == 1  # with its own backend it goes on incrementally

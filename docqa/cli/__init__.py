@@ -15,12 +15,13 @@
 | `repl.py` | the chat loop: terminal line editing and history file, /commands |
 | `render.py` | console output: passages, answers and sources, tables, reports, errors |
 | `progress.py` | the ingest progress bar / plain progress lines |
+| `finetune.py` | finetune (LoRA / QLoRA / P-Tuning v2), finetune merge |
 
 Nothing outside this package imports it (docqa/chat.py is the conversation logic, without rich or typer).
 Importing it loads typer and rich but not torch, transformers or faiss: `docqa --help` starts in ~0.1 s.
 """
 
-from . import ask, commands, serve  # noqa: F401  (registers the commands on `app`)
+from . import ask, commands, finetune, serve  # noqa: F401  (registers the commands on `app`)
 from .app import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, exit_code_for
 
 __all__ = ["EXIT_FATAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "app", "exit_code_for"]

@@ -8,6 +8,7 @@ Heavy modules (torch, transformers, faiss) are imported inside the commands, so 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -102,9 +103,10 @@ def search(
 @app.command("list")
 def list_documents(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     """List the documents in the knowledge base."""
-    from ..store import KnowledgeBase
+    from ..store import KnowledgeBase, store_options
 
-    with KnowledgeBase.open(load_settings(index=index).index) as kb:
+    s = load_settings(index=index)
+    with KnowledgeBase.open(s.index, **store_options(s)) as kb:
         docs = kb.documents()
     if as_json:
         print(
@@ -134,22 +136,34 @@ def remove(
     index: IndexOpt = None,
 ) -> None:
     """Remove documents from the knowledge base (exit 2 when some paths were not in it)."""
-    from ..store import KnowledgeBase
+    from ..store import KnowledgeBase, store_options
 
-    with KnowledgeBase.open(load_settings(index=index).index, writable=True) as kb:
+    s = load_settings(index=index)
+    with KnowledgeBase.open(s.index, writable=True, **store_options(s)) as kb:
         n = kb.remove_documents(os.path.abspath(p) for p in paths)
     out.print(f"removed {n} of {len(paths)}")
     raise typer.Exit(EXIT_OK if n == len(paths) else EXIT_PARTIAL)
 
 
 @app.command()
-def verify(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
+def verify(
+    index: IndexOpt = None,
+    as_json: JsonOpt = False,
+    recall: Annotated[
+        bool, typer.Option("--recall", help="also measure recall@10 of the vector index against exact search")
+    ] = False,
+) -> None:
     """Check the knowledge base's files agree with each other; exit 0 when healthy."""
-    from ..store import KnowledgeBase
+    from ..store import KnowledgeBase, store_options
+    from ..store.maintenance import measure_recall
 
     try:
-        with KnowledgeBase.open(load_settings(index=index).index, validate=False) as kb:
+        s = load_settings(index=index)
+        with KnowledgeBase.open(s.index, validate=False, **store_options(s)) as kb:
             problems = kb.verify()
+            measured = None
+            if recall and not any(level == "error" for level, _ in problems):
+                measured = measure_recall(kb)
             try:
                 counts = {"documents": len(kb.documents()), "chunks": kb.chunk_count(), "generation": kb.generation}
             except DocQAError:  # a damaged database: the problems above already say what is wrong
@@ -164,21 +178,35 @@ def verify(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print(
             json.dumps(
-                {"healthy": healthy, **counts, "problems": [{"level": lv, "message": m} for lv, m in problems]},
+                {
+                    "healthy": healthy,
+                    **counts,
+                    "problems": [{"level": lv, "message": m} for lv, m in problems],
+                    **({"recall": dataclasses.asdict(measured)} if measured else {}),
+                },
                 ensure_ascii=False,
             )
         )
     else:
         print_verify(out, err, problems, healthy, counts)
+        if measured:
+            out.print(
+                f"recall@{measured.k} {measured.recall:.3f}: {measured.kind} index {measured.params} against exact "
+                f"search, {measured.queries} stored vectors as queries; {measured.index_ms:.2f} ms per query "
+                f"(exact {measured.exact_ms:.1f} ms)",
+                markup=False,
+                highlight=False,
+            )
     raise typer.Exit(EXIT_OK if healthy else EXIT_FATAL)
 
 
 @app.command()
 def rebuild(index: IndexOpt = None) -> None:
-    """Rebuild the FAISS and lexical indexes from the vectors and text kept in SQLite (no re-embedding)."""
-    from ..store import KnowledgeBase
+    """Rebuild the vector (FAISS or Milvus) and lexical indexes from the vectors and text kept in SQLite (no re-embedding)."""
+    from ..store import KnowledgeBase, store_options
 
-    with KnowledgeBase.open(load_settings(index=index).index, writable=True, validate=False) as kb:
+    s = load_settings(index=index)
+    with KnowledgeBase.open(s.index, writable=True, validate=False, **store_options(s)) as kb:
         info = kb.rebuild()
     out.print(f"rebuilt: {info['chunks']} chunks, generation {info['generation']}")
 
@@ -201,6 +229,9 @@ def eval_command(
             "a ChatGLM2 folder, http://host:port/v1",
         ),
     ] = "auto",
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="With --answers: a fine-tuned adapter for the ChatGLM answerers")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score retrieval (hit@1/3/5/10/20, MRR@10) or, with --answers, the answers, per language and half."""
@@ -211,7 +242,7 @@ def eval_command(
             if err.is_terminal and (i == n or i % 10 == 0):
                 err.print(f"[dim]{name}: {i}/{n}[/]")
 
-        areport = run_answer_eval(qa_file, load_settings(index=index), llm, progress)
+        areport = run_answer_eval(qa_file, load_settings(index=index, adapter=adapter), llm, progress)
         if as_json:
             print(json.dumps(areport.to_json(), ensure_ascii=False), flush=True)
         else:

@@ -32,7 +32,11 @@ ModeOpt = Annotated[str | None, typer.Option("--mode", help="dense | bm25 | hybr
 TopKOpt = Annotated[int | None, typer.Option("-k", "--top-k", help="How many passages")]
 
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="auto | demo | chatglm2 | openai[:MODEL] | a ChatGLM2 folder or hub id")
+    str | None,
+    typer.Option("--model", "--llm", help="auto | demo | chatglm2 | openai[:MODEL] | a ChatGLM2 folder or hub id"),
+]
+AdapterOpt = Annotated[
+    str | None, typer.Option("--adapter", help="A fine-tuned adapter folder (docqa finetune, or official P-Tuning v2)")
 ]
 LlmUrlOpt = Annotated[str | None, typer.Option("--llm-url", help="Base URL of an OpenAI-compatible server")]
 MaxContextOpt = Annotated[int | None, typer.Option("--max-context", help="Context tokens to use (0 = the model's own)")]
@@ -81,6 +85,7 @@ class AnswerFlags:
     quantize: str | None = None
     device: str | None = None
     model_family: str | None = None
+    adapter: str | None = None
     index: Path | None = None
     no_abstain: bool = False
     verbose: bool = False
@@ -99,6 +104,7 @@ class AnswerFlags:
             llm_quantize=None if self.quantize is None else str(self.quantize),
             llm_device=self.device,
             model_family=None if self.model_family is None else str(self.model_family),
+            adapter=self.adapter,
         )
 
 
@@ -113,6 +119,7 @@ _ANSWER_OPTIONS = {
     "quantize": QuantizeOpt,
     "device": DeviceOpt,
     "model_family": FamilyOpt,
+    "adapter": AdapterOpt,
     "index": IndexOpt,
     "no_abstain": NoAbstainOpt,
     "verbose": VerboseOpt,

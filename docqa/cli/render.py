@@ -144,9 +144,34 @@ def answer_to_console(
         err.print("[yellow]interrupted[/]")
     print_sources(out, answer)
     if verbose:
-        t = answer.timings
-        err.print("[dim]" + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + "[/]", highlight=False)
+        err.print(f"[dim]{escape(describe_timings(answer.timings))}[/]", highlight=False)
     return answer
+
+
+#: timings that count tokens, not seconds (docqa.generate.base.GenerationStats)
+_TOKEN_COUNTS = ("prompt_tokens", "cached_tokens", "new_tokens")
+
+
+def describe_timings(t: dict[str, float]) -> str:
+    """One line for --verbose: seconds per step, then what the model read and wrote.
+
+    >>> describe_timings({"retrieval": 0.1, "total": 2.5, "prompt_tokens": 900, "cached_tokens": 850,
+    ...                   "new_tokens": 32, "prefill_s": 1.2, "decode_s": 3.1, "tokens_per_s": 10.0})
+    'retrieval 0.10s, total 2.50s, prefill 1.20s, decode 3.10s; prompt 900 tokens (850 cached, 50 read), 32 new, 10.0 tok/s'
+    """
+    secs = [
+        f"{k} {v:.2f}s"
+        for k, v in t.items()
+        if k not in _TOKEN_COUNTS and k not in ("prefill_s", "decode_s", "tokens_per_s")
+    ]
+    secs += [f"{k[:-2]} {t[k]:.2f}s" for k in ("prefill_s", "decode_s") if k in t]
+    line = ", ".join(secs)
+    if "prompt_tokens" in t:
+        p, c = int(t["prompt_tokens"]), int(t.get("cached_tokens", 0))
+        line += f"; prompt {p} tokens ({c} cached, {p - c} read), {int(t.get('new_tokens', 0))} new"
+        if "tokens_per_s" in t:
+            line += f", {t['tokens_per_s']:.1f} tok/s"
+    return line
 
 
 # -- knowledge base --------------------------------------------------------------------------------------------

@@ -170,6 +170,8 @@ def get_generator(settings: Settings, progress: Callable[[str], None] | None = N
     The extractive answerer is built without the embedder's similarity: on the dev set's reporting half it
     changed nothing measurable (English 0.36 -> 0.38 without it) and cost 15-25 s per answer on 2 busy cores."""
     kind, spec = resolve_generator(settings)
+    if settings.adapter.strip() and kind not in CHATGLM_KINDS:
+        raise ConfigError(f"an adapter ({settings.adapter}) needs a local ChatGLM model, not {kind}: pass --model PATH")
     if kind == "extractive":
         from .extractive import ExtractiveAnswerer
 
@@ -191,11 +193,22 @@ def get_generator(settings: Settings, progress: Callable[[str], None] | None = N
     # a local folder runs as the member resolve_generator named; a download is judged by its files once here
     family = kind if Path(spec).expanduser().is_dir() else settings.model_family
     folder = resolve_model_path(spec, model_hub=settings.model_hub, offline=settings.offline)
-    return ChatGLMGenerator.open(
-        folder,
+    load_kw = dict(
         device=settings.llm_device,
         dtype=settings.llm_dtype,
         quantize=settings.llm_quantize,
         max_context=settings.max_context,
         family=family,
+        first_token_s=settings.first_token_s,
+        cache_dir=settings.cache,
     )
+    if settings.adapter.strip():  # LoRA merged as the weights load, or a P-Tuning prefix (adapters.py)
+        from .adapters import open_adapted
+
+        gen = open_adapted(folder, settings.adapter.strip(), **load_kw)
+    else:
+        gen = ChatGLMGenerator.open(folder, **load_kw)
+    budget = getattr(gen, "context_budget", None)
+    if progress and budget is not None and budget.limited:
+        progress(budget.message())  # once per load: the CPU latency rule shrank the context
+    return gen

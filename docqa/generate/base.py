@@ -9,7 +9,9 @@ A `Generator` turns a prompt (a string, or chat messages) into a stream of text 
 Implementations differ only in `stream`; they also report `context_length` and count tokens with their own
 tokenizer so prompts can be budgeted (docqa/prompt.py). Local transformers models share `sample_tokens`, a
 plain KV-cache decoding loop that runs in the caller's thread, so Ctrl-C (KeyboardInterrupt) or a `cancel`
-event stops generation between two tokens with nothing left running.
+event stops generation between two tokens with nothing left running. ChatGLM2/3 run it over a `DecodeSession`
+(glm_runtime.GlmSession: a preallocated cache that reuses the longest common prefix with the last prompt);
+other models over transformers' DynamicCache.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from ..text import CJK, CJK_PUNCT
 
@@ -44,7 +46,7 @@ _ONE_TOKEN_CHAR = re.compile(f"[{CJK_PUNCT}{CJK}]")
 class GenerationStats:
     """What one generation cost, filled in by a local model when the caller hands one in `GenerationOptions.stats`
     (a fresh object per call, so figures never go stale): prompt tokens (of which `cached_tokens` were reused from
-    an earlier call's KV cache; 0 today), generated tokens, and the seconds spent reading the prompt (prefill, up
+    an earlier call's KV cache: a chat turn that extends the previous one), generated tokens, and the seconds spent reading the prompt (prefill, up
     to the first token's logits) and generating the rest (decode)."""
 
     prompt_tokens: int = 0
@@ -83,6 +85,9 @@ class Generator(ABC):
     is_chat_model: bool = True
     #: at most this many passages go into a prompt even when the budget holds more (0 = as many as fit)
     passage_limit: int = 0
+    #: True when a prompt that extends the previous one reuses its KV cache (ChatGLM2/3): docqa/chat.py then
+    #: builds each turn as an extension of the conversation so far (prompt.build_chat_turn)
+    reuses_context: bool = False
 
     @abstractmethod
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
@@ -171,17 +176,99 @@ def pick_next(logits: torch.Tensor, options: GenerationOptions, seen: torch.Tens
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+class DecodeSession(Protocol):
+    """A model with its own KV cache (docqa.generate.glm_runtime.GlmSession): `prefill` returns the last
+    position's logits and how many leading prompt tokens it reused from the cache; `step` appends one token."""
+
+    def prefill(self, ids: Sequence[int]) -> tuple[torch.Tensor, int]: ...
+
+    def step(self, token: int) -> torch.Tensor: ...
+
+
 def sample_tokens(
     model,
     input_ids: Sequence[int],
     options: GenerationOptions,
     eos_ids: Iterable[int],
+    session: DecodeSession | None = None,
 ) -> Iterator[int]:
     """Decode new token ids one at a time with a KV cache: prefill `input_ids`, then feed one token per step.
 
     `model` is a transformers causal LM (`GlmForCausalLM`, `Gemma3ForCausalLM`, ...). Stops at an eos id,
     at `max_new_tokens`, or when `options.cancel` is set. Runs in the caller's thread (no background work).
+    A `session` (or, for ChatGLM2/3's GlmForCausalLM, a fresh glm_runtime.GlmSession) runs the model with a
+    preallocated cache and reuses what it holds of `input_ids` (`stats.cached_tokens`).
     """
+    if session is None:
+        from .glm_runtime import is_glm
+
+        if is_glm(model):
+            from .glm_runtime import GlmSession
+
+            session = GlmSession(model)
+    if session is not None:
+        return _sample_session(session, input_ids, options, eos_ids)
+    return _sample_dynamic(model, input_ids, options, eos_ids)
+
+
+def _sample_session(
+    session: DecodeSession, input_ids: Sequence[int], options: GenerationOptions, eos_ids: Iterable[int]
+) -> Iterator[int]:
+    import torch
+
+    eos = set(int(e) for e in eos_ids)
+    gen = torch.Generator(device="cpu").manual_seed(options.seed) if options.seed is not None else None
+    seen = torch.tensor(list(dict.fromkeys(int(i) for i in input_ids)), dtype=torch.long)
+    if options.max_new_tokens <= 0 or (options.cancel is not None and options.cancel.is_set()):
+        release = getattr(session, "release", None)
+        if release is not None:
+            release()
+        return
+    try:
+        yield from _session_loop(session, input_ids, options, eos, seen, gen)
+    finally:
+        release = getattr(session, "release", None)
+        if release is not None:
+            release()
+
+
+def _session_loop(session, input_ids, options, eos, seen, gen) -> Iterator[int]:
+    import torch
+
+    stats = options.stats
+    t = time.perf_counter()
+    logits, reused = session.prefill(input_ids)
+    if stats is not None:
+        stats.prompt_tokens, stats.cached_tokens = len(input_ids), reused
+    for step in range(options.max_new_tokens):
+        nxt = pick_next(logits.to("cpu"), options, seen, gen)
+        _account(stats, step, t)
+        if nxt in eos:
+            return
+        if stats is not None:
+            stats.new_tokens += 1
+        yield nxt
+        # the last token is not fed: nothing would read its logits (the session's ids end before it)
+        if step == options.max_new_tokens - 1 or (options.cancel is not None and options.cancel.is_set()):
+            return
+        if options.repetition_penalty != 1.0:
+            seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
+        t = time.perf_counter()
+        logits = session.step(nxt)
+
+
+def _account(stats: GenerationStats | None, step: int, started: float) -> None:
+    """Add one model call's time to `stats`: the first call of a generation is the prefill, the rest decode."""
+    if stats is not None:
+        if step == 0:
+            stats.prefill_s += time.perf_counter() - started
+        else:
+            stats.decode_s += time.perf_counter() - started
+
+
+def _sample_dynamic(
+    model, input_ids: Sequence[int], options: GenerationOptions, eos_ids: Iterable[int]
+) -> Iterator[int]:
     import torch
     from transformers import DynamicCache
 
@@ -209,11 +296,7 @@ def sample_tokens(
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             cache = getattr(out, "cache", None) or out.past_key_values
             nxt = pick_next(out.logits[0, -1].to("cpu"), options, seen, gen)
-            if stats is not None:
-                if step == 0:
-                    stats.prefill_s += time.perf_counter() - t
-                else:
-                    stats.decode_s += time.perf_counter() - t
+            _account(stats, step, t)
             if nxt in eos:
                 return
             if stats is not None:
@@ -231,9 +314,12 @@ def stream_text(
     eos_ids: Iterable[int],
     decode: Callable[[list[int]], str],
     context_length: int,
+    session: DecodeSession | None = None,
+    sampler: Callable[..., Iterator[int]] | None = None,
 ) -> Iterator[str]:
     """`sample_tokens` decoded into text pieces, with `max_new_tokens` clipped to the room left in the context.
 
+    `sampler(model, input_ids, options, eos_ids)` replaces `sample_tokens` (adapters.py's prefix loop).
     Raises ModelError when the prompt alone fills the context. Closing the iterator stops decoding at once.
     """
     from dataclasses import replace
@@ -245,7 +331,10 @@ def stream_text(
         raise ModelError(f"the prompt takes {len(input_ids)} tokens, more than the model's context of {context_length}")
     if options.max_new_tokens > room:
         options = replace(options, max_new_tokens=room)
-    tokens = sample_tokens(model, input_ids, options, eos_ids)
+    if sampler is not None:
+        tokens = sampler(model, input_ids, options, eos_ids)
+    else:
+        tokens = sample_tokens(model, input_ids, options, eos_ids, session)
     decoder = StreamDecoder(decode)
     text = ""
     try:

@@ -134,11 +134,35 @@ class ChatGLMGenerator(Generator):
     is_chat_model = True
     family = ""
 
-    def __init__(self, folder: Path, model, tokenizer, cfg: dict[str, Any], max_context: int = 0):
+    def __init__(
+        self,
+        folder: Path,
+        model,
+        tokenizer,
+        cfg: dict[str, Any],
+        max_context: int = 0,
+        first_token_s: float = 0.0,
+        cache_dir: Path | None = None,
+    ):
+        from docqa.generate.glm_runtime import SessionPool, is_glm
+
         self.model, self.tokenizer = model, tokenizer
         self.name = f"{self.family}:{folder.name}"
         native = context_length(cfg, self.family)
         self.context_length = int(max_context) if max_context and max_context > 0 else native
+        #: on CPU with max_context 0, the context first_token_s allows (docqa.generate.budget), else None
+        self.context_budget = None
+        #: P-Tuning v2 prefix for ChatGLM3: one (key, value) per layer, [1, groups, pre_seq_len, head_dim]
+        self.prefix_kv = None
+        # ChatGLM3 runs on glm_runtime with conversation caches; ChatGLM-6B (v1) keeps its own network
+        self.sessions = SessionPool(model) if is_glm(model) else None
+        self.reuses_context = self.sessions is not None
+        if is_glm(model):
+            from docqa.generate.budget import pick_context
+
+            self.context_length, self.context_budget = pick_context(
+                model, folder.name, native, max_context, first_token_s, cache_dir
+            )
 
     @classmethod
     def open(
@@ -149,19 +173,31 @@ class ChatGLMGenerator(Generator):
         max_context: int = 0,
         quantize: str | None = None,
         family: str | None = None,
+        first_token_s: float = 0.0,
+        cache_dir: Path | None = None,
     ) -> Generator:
-        """The generator for a ChatGLM folder (or hub id) of any member."""
+        """The generator for a ChatGLM folder (or hub id) of any member. On CPU with `max_context` 0 and
+        `first_token_s` > 0, ChatGLM2/3 size their context from a measured prefill speed (`context_budget`),
+        cached in `cache_dir`."""
         folder = resolve_model_path(path)
         fam = family_of(folder, family)
         if fam == "chatglm2":
             from docqa.generate.chatglm2 import ChatGLM2Generator
 
-            return ChatGLM2Generator(folder, device=device, dtype=dtype, max_context=max_context, quantize=quantize)
+            return ChatGLM2Generator(
+                folder,
+                device=device,
+                dtype=dtype,
+                max_context=max_context,
+                quantize=quantize,
+                first_token_s=first_token_s,
+                cache_dir=cache_dir,
+            )
         model, tok = load(folder, device=device, dtype=dtype, quantize=quantize, family=fam)
         if tok is None:
             raise ModelError(f"{folder} has no {TOKENIZER_FILES[fam]} (copy it from the THUDM repository)")
         sub = ChatGLM6BGenerator if fam == "chatglm" else ChatGLM3Generator
-        return sub(folder, model, tok, read_config_json(folder), max_context)
+        return sub(folder, model, tok, read_config_json(folder), max_context, first_token_s, cache_dir)
 
     def count_tokens(self, text: str) -> int:
         return self.tokenizer.count_tokens(text)
@@ -178,9 +214,15 @@ class ChatGLMGenerator(Generator):
 
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
         options = options or GenerationOptions()
-        yield from stream_text(
-            self.model, self.prompt_ids(prompt), options, self.stop_ids(), self.display, self.context_length
-        )
+        ids = self.prompt_ids(prompt)
+        session = self.sessions.acquire(ids, self.prefix_kv) if self.sessions is not None else None
+        try:
+            yield from stream_text(
+                self.model, ids, options, self.stop_ids(), self.display, self.context_length, session
+            )
+        finally:
+            if session is not None:
+                session.release()
 
 
 class ChatGLM6BGenerator(ChatGLMGenerator):

@@ -26,7 +26,9 @@ GPU int8/int4 need `torchao`.
 
 Neighbours: checkpoints.py finds, downloads and reads checkpoint folders (its names are re-exported here);
 weights.py streams tensors into the model and picks device/dtype; quantize.py holds the int8/int4 layers;
-chatglm.py is the loader for the whole family. This module maps the network and runs it.
+chatglm.py is the loader for the whole family; glm_runtime.py runs the loaded network (static KV cache, grouped
+attention, conversation caches, P-Tuning v2 `prefix_kv`); budget.py sizes the context on CPU from the measured
+prefill speed when `max_context` is 0 (`first_token_s`). This module maps the network.
 """
 
 from __future__ import annotations
@@ -279,9 +281,10 @@ def messages_to_query_history(messages: Sequence[Message]) -> tuple[str, list[tu
 
 
 class ChatGLM2Generator(Generator):
-    """ChatGLM2-6B (or -32k) run locally through transformers' GlmForCausalLM."""
+    """ChatGLM2-6B (or -32k) run locally: weights in transformers' GlmForCausalLM, run by glm_runtime."""
 
     is_chat_model = True
+    reuses_context = True
 
     def __init__(
         self,
@@ -290,7 +293,12 @@ class ChatGLM2Generator(Generator):
         dtype: str = "auto",
         max_context: int = 0,
         quantize: str | None = None,
+        first_token_s: float = 0.0,
+        cache_dir: Path | None = None,
     ):
+        from docqa.generate.budget import pick_context
+        from docqa.generate.glm_runtime import SessionPool
+
         folder = resolve_model_path(path)
         cfg = read_chatglm_config(folder)
         self.model, tok = load(folder, device=device, dtype=dtype, quantize=quantize, family="chatglm2")
@@ -300,7 +308,14 @@ class ChatGLM2Generator(Generator):
         self.name = f"chatglm2:{folder.name}"
         # chatglm2-6b's config says seq_length 32768 but it was tuned at 8K; the 32k variant sets rope_ratio
         native = 32768 if float(cfg.get("rope_ratio", 1) or 1) > 1 else 8192
-        self.context_length = int(max_context) if max_context and max_context > 0 else native
+        #: on CPU with max_context 0, the context first_token_s allows (docqa.generate.budget), else None
+        self.context_length, self.context_budget = pick_context(
+            self.model, folder.name, native, max_context, first_token_s, cache_dir
+        )
+        #: P-Tuning v2 prefix: one (key, value) per layer, [1, groups, pre_seq_len, head_dim] (glm_runtime)
+        self.prefix_kv = None
+        #: conversation caches: a prompt that extends an earlier one prefills only its new tokens
+        self.sessions = SessionPool(self.model)
 
     def count_tokens(self, text: str) -> int:
         return self.tokenizer.count_tokens(text)
@@ -313,6 +328,10 @@ class ChatGLM2Generator(Generator):
         options = options or GenerationOptions()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
         ids = self.tokenizer.encode(text)
-        yield from stream_text(
-            self.model, ids, options, [self.tokenizer.eos_id], self.tokenizer.decode, self.context_length
-        )
+        session = self.sessions.acquire(ids, self.prefix_kv)
+        try:
+            yield from stream_text(
+                self.model, ids, options, [self.tokenizer.eos_id], self.tokenizer.decode, self.context_length, session
+            )
+        finally:
+            session.release()

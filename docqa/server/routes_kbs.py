@@ -211,14 +211,14 @@ def _store_upload(state: ServerState, kb: str, h: Any, rec: Any) -> dict[str, An
 
 @ingest.delete("/kbs/{kb}/documents/{doc_id}")
 def delete_document(request: Request, kb: str, doc_id: str) -> dict[str, Any]:
-    from ..store import KnowledgeBase
+    from ..store import KnowledgeBase, store_options
 
     state = state_of(request)
     doc = _find_document(state, kb, doc_id)
     h = state.kb(kb)
 
     def remove() -> int:
-        with KnowledgeBase.open(h.path, writable=True) as w:
+        with KnowledgeBase.open(h.path, writable=True, **store_options(state.settings)) as w:
             return w.remove_documents([doc["path"]])
 
     n = jobs_of(request).run_exclusive(kb, remove).result()

@@ -150,7 +150,7 @@ class ServerState:
         return h
 
     def create_kb(self, name: str) -> KBHandle:
-        from ..store import KnowledgeBase
+        from ..store import KnowledgeBase, store_options
 
         if not _KB_NAME.match(name or ""):
             raise BadRequest(f"knowledge base name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
@@ -162,7 +162,12 @@ class ServerState:
                 raise Conflict(f"{path} exists already")
             emb = self.embedder
             KnowledgeBase.open(
-                path, create=True, writable=True, embed_model=self.settings.embed_model, dim=emb.dim
+                path,
+                create=True,
+                writable=True,
+                embed_model=self.settings.embed_model,
+                dim=emb.dim,
+                **store_options(self.settings),
             ).close()
             h = self._kbs[name] = KBHandle(name, path)
         return h
@@ -181,13 +186,15 @@ class ServerState:
     def retriever(self, name: str) -> Iterator[Retriever]:
         """Borrow one of the knowledge base's retrievers (opened on demand, at most `retriever_pool` kept)."""
         from ..retrieve import Retriever
-        from ..store import KnowledgeBase
+        from ..store import KnowledgeBase, store_options
 
         h = self.kb(name)
         try:
             r = h._pool.get_nowait()
         except queue.Empty:
-            r = Retriever(KnowledgeBase.open(h.path), self.embedder, self.settings_for(h))
+            r = Retriever(
+                KnowledgeBase.open(h.path, **store_options(self.settings)), self.embedder, self.settings_for(h)
+            )
         try:
             yield r
         finally:
@@ -206,7 +213,14 @@ class ServerState:
                     from .. import embed
 
                     s = self.settings
-                    e = embed.get_embedder(s.embed_model, s.embed_device, s.embed_precision, s.embed_languages)
+                    e = embed.get_embedder(
+                        s.embed_model,
+                        s.embed_device,
+                        s.embed_precision,
+                        s.embed_languages,
+                        backend=s.embed_backend,
+                        cache=s.cache,
+                    )
                     e.encode_query("warm-up")  # loads the model itself, not only its tokenizer
                     self._embedder = e
         return self._embedder

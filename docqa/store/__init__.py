@@ -3,7 +3,9 @@
     indexes/default/
       kb.sqlite          documents, chunks (text, page, section, offsets, float16 vector), lexical postings, meta
                          (settings, commit record, applied schema migrations)
-      vectors.<G>.faiss  IndexIDMap2(IndexFlatIP) over the chunk vectors, chunk ids as FAISS ids (never renumbered)
+      vectors.<G>.faiss  the FAISS index over the chunk vectors, chunk ids as FAISS ids (never renumbered): exact
+                         flat while small, IVF (IVF-PQ from 4M) above 100K chunks (faiss.py, the `ann` setting)
+      vectors.<G>.milvus with store = "milvus" instead: a pointer to the Milvus collection (milvus.py)
       manifest.json      format version, embedding model, dimension, counts, generation (human-readable summary)
       lock               the writer's PID; held with flock while a writer is open
 
@@ -26,20 +28,20 @@ One job per module:
   files.py        atomic writes, directory fsync, the flock writer lock ("locked by PID n")
   manifest.py     manifest.json: write, read, checksum, agreement with the database
   schema.py       the SQLite schema as numbered migrations, applied in place and recorded in meta
-  vectors.py      the VectorIndex interface and the backend factory; faiss.py implements it
+  vectors.py      the VectorIndex interface and the backend factory; faiss.py and milvus.py implement it
   rows.py         DocumentInfo, ChunkRow, index_text
   reader.py       the read side: snapshot, dense search, rows
   kb.py           KnowledgeBase: open (create / migrate / recover), batch and the commit
   batch.py        Batch: the changes of one commit
   maintenance.py  verify, rebuild
 
-Limits: the FAISS index is exact (flat), which is fast enough to about a million chunks; every commit rewrites the
-whole FAISS file, so ingest commits in batches (ingest.py).
+Limits: every commit rewrites the whole FAISS file, so ingest commits in batches (ingest.py); a commit that moves
+the index to another size class re-trains it from the stored vectors (minutes at a million chunks).
 """
 
 from .batch import Batch
 from .files import DB_NAME, LOCK_NAME, write_atomic
-from .kb import KnowledgeBase
+from .kb import KnowledgeBase, store_options
 from .maintenance import rebuild, verify
 from .manifest import MANIFEST_NAME
 from .rows import ChunkRow, DocumentInfo, index_text
@@ -58,6 +60,7 @@ __all__ = [
     "index_text",
     "latest_version",
     "rebuild",
+    "store_options",
     "vector_backend",
     "verify",
     "write_atomic",

@@ -6,7 +6,9 @@
 
 Rows go to SQLite inside the batch's transaction as they come; vectors go to the in-memory VectorIndex; lexical
 postings are buffered and written once, just before the commit (one add per commit writes far fewer posting rows
-than one per document). The knowledge base then saves the index and commits (see docqa/store/__init__.py).
+than one per document; the buffer is written early past LEXICAL_BUFFER_CHUNKS, so a huge batch stays bounded in
+memory). The knowledge base then saves the index and commits (see docqa/store/__init__.py). What one ingest commit
+holds is capped by ingest.commit_limit.
 
 Limits: not thread-safe; one batch at a time per knowledge base; a document put twice in one batch keeps the last.
 """
@@ -26,6 +28,9 @@ from .vectors import VectorIndex
 
 if TYPE_CHECKING:
     from .kb import KnowledgeBase
+
+#: postings are buffered for at most this many chunks, then written (still inside the batch's transaction)
+LEXICAL_BUFFER_CHUNKS = 20_000
 
 
 class Batch:
@@ -128,6 +133,8 @@ class Batch:
             self.index.add(np.array(ids, dtype=np.int64), vectors)
             self._lexical_ids.extend(ids)
             self._lexical_texts.extend(index_text(ch.section, ch.text) for ch in chunks)
+            if len(self._lexical_ids) >= LEXICAL_BUFFER_CHUNKS:  # a huge batch (rebuild, a big file): stay bounded
+                self.flush_lexical()
         self._changed = True
         return doc_id
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ..errors import ModelMismatchError, StoreCorruptError, StoreError
@@ -31,6 +31,20 @@ from .files import DB_NAME, WriterLock
 from .manifest import MANIFEST_NAME
 from .reader import Reader
 from .vectors import DEFAULT_BACKEND, VectorIndex, vector_backend
+
+
+def store_options(settings) -> dict:
+    """The keyword arguments of `KnowledgeBase.open` that carry the store settings (`store`, `milvus_uri`, `ann`).
+
+    >>> from types import SimpleNamespace as S
+    >>> store_options(S(store="milvus", milvus_uri="http://db:19530", ann="auto"))
+    {'backend': 'milvus', 'backend_options': {'milvus.uri': 'http://db:19530'}, 'ann': 'auto'}
+    """
+    return {
+        "backend": settings.store,
+        "backend_options": {"milvus.uri": settings.milvus_uri},
+        "ann": getattr(settings, "ann", None),
+    }
 
 
 class KnowledgeBase(Reader):
@@ -48,6 +62,8 @@ class KnowledgeBase(Reader):
         dim: int | None = None,
         validate: bool = True,
         backend: str = DEFAULT_BACKEND,
+        backend_options: Mapping[str, str] | None = None,
+        ann: str | None = None,
     ) -> KnowledgeBase:
         """Open (or with `create=True` make) the knowledge base at `path`, upgrading its schema if it is older.
 
@@ -55,7 +71,10 @@ class KnowledgeBase(Reader):
         it, StoreCorruptError if a file fails validation, ModelMismatchError if `embed_model` differs from the one
         it was built with. `validate=False` skips the manifest check (for `verify` and `rebuild`, which report or
         repair it). `backend` names the VectorIndex backend (vectors.py) for a new knowledge base; an existing one
-        keeps the backend it was made with.
+        keeps the backend it was made with. `backend_options` ("milvus.uri": ...) configure it; a new knowledge base
+        records the non-empty ones, and later opens use those unless given others (`store_options` builds both
+        from Settings). `ann` (auto|flat|hnsw|ivfpq) is the FAISS index choice for this writer's commits; None
+        keeps the one the last commit recorded (auto for a new knowledge base).
         """
         path = Path(path)
         if not (path / DB_NAME).exists():
@@ -64,9 +83,14 @@ class KnowledgeBase(Reader):
             cls._make_folder(path)
             writable = True
         lock = WriterLock.acquire(path) if writable else None
+        kb = None
         try:
             kb = cls(path, schema.connect(path / DB_NAME), writable, lock)
+            kb.backend_options = dict(backend_options or {})
+            kb._ann = ann
             kb._prepare(embed_model, dim, backend)
+            kb._connected = kb.backend
+            kb._connected.connect(path)
             if embed_model is not None and kb.embed_model != embed_model:
                 raise ModelMismatchError(
                     f"the knowledge base at {path} was built with embedding model {kb.embed_model!r} "
@@ -80,6 +104,9 @@ class KnowledgeBase(Reader):
                 kb._check_manifest()
             return kb
         except BaseException:
+            if kb is not None and kb._connected is not None:
+                with contextlib.suppress(Exception):
+                    kb._connected.disconnect(path)
             if lock is not None:
                 lock.release(clear=False)
             raise
@@ -102,7 +129,7 @@ class KnowledgeBase(Reader):
             if embed_model is None or dim is None:
                 raise StoreError(f"no knowledge base at {self.path}")
             schema.migrate(self.conn, db)
-            self._initialise(embed_model, dim, vector_backend(backend))
+            self._initialise(embed_model, dim, vector_backend(backend, **self._options_for(backend)))
         elif self.writable:
             if schema.needs_migration(self.conn, db):
                 schema.migrate(self.conn, db)
@@ -132,6 +159,7 @@ class KnowledgeBase(Reader):
                 "generation": 0,
                 **record,
                 "vector_backend": backend.name,
+                **{f"option.{k}": v for k, v in self.backend_options.items() if v and k.startswith(backend.name + ".")},
                 "created_at": time.time(),
             }.items():
                 c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
@@ -158,10 +186,16 @@ class KnowledgeBase(Reader):
                 "documents": docs,
                 "chunks": chunks,
                 **self.backend.manifest_fields(gen),
+                **self.backend.describe({k: self._meta(k) for k in self.backend.record_keys}),
             },
         )
 
     # ---------------------------------------------------------------- writing
+    @property
+    def ann(self) -> str:
+        """The FAISS index choice commits use: as opened with, else as the last commit recorded, else auto."""
+        return getattr(self, "_ann", None) or self._meta("ann") or "auto"
+
     def require_writer(self) -> None:
         """StoreError unless this knowledge base was opened writable (checked before work that would be lost)."""
         if not self.writable:
@@ -216,6 +250,7 @@ class KnowledgeBase(Reader):
         if not b.changed:
             c.execute("COMMIT")
             return
+        b.index = b.index.prepare(self.ann, self.iter_vectors)  # FAISS: may re-train when the size class changes
         backend, old = type(b.index), self.generation
         new = old + 1
         try:
@@ -225,7 +260,7 @@ class KnowledgeBase(Reader):
                 f"could not write {backend.location(new)}: {files.io_message(e)}; the knowledge base is unchanged "
                 f"(generation {old})"
             ) from None
-        for k, v in (("generation", new), *record.items()):
+        for k, v in (("generation", new), ("ann", self.ann), *record.items()):
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
         try:
             c.execute("COMMIT")

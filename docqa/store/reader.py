@@ -39,6 +39,10 @@ class Reader:
         self._index: VectorIndex | None = None
         self._index_generation = -1
         self.lexical = LexicalIndex(conn)
+        #: "<backend>.<option>" -> value given to open() (e.g. "milvus.uri"); non-empty ones override the meta rows
+        #: "option.<backend>.<option>" recorded when the knowledge base was made
+        self.backend_options: dict[str, str] = {}
+        self._connected: type[VectorIndex] | None = None
 
     def _meta(self, key: str) -> str | None:
         return schema.read_meta(self.conn, key, self.path / DB_NAME)
@@ -57,8 +61,21 @@ class Reader:
 
     @property
     def backend(self) -> type[VectorIndex]:
-        """The VectorIndex class of this knowledge base (those made before the choice existed are FAISS)."""
-        return vector_backend(self._meta("vector_backend") or DEFAULT_BACKEND)
+        """The VectorIndex class of this knowledge base (those made before the choice existed are FAISS),
+        configured by its options."""
+        name = self._meta("vector_backend") or DEFAULT_BACKEND
+        return vector_backend(name, **self._options_for(name))
+
+    def _options_for(self, name: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if name != DEFAULT_BACKEND:  # FAISS has no options: spare every open the query
+            with contextlib.suppress(sqlite3.Error):
+                for k, v in self.conn.execute("SELECT key, value FROM meta WHERE key LIKE ?", (f"option.{name}.%",)):
+                    out[k.split(".", 2)[2]] = v
+        for k, v in self.backend_options.items():
+            if k.startswith(name + ".") and v:
+                out[k.split(".", 1)[1]] = v
+        return out
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict:
@@ -178,6 +195,10 @@ class Reader:
             last = rows[-1][0]
 
     def close(self) -> None:
+        if self._connected is not None:
+            with contextlib.suppress(Exception):
+                self._connected.disconnect(self.path)
+            self._connected = None
         with contextlib.suppress(Exception):
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")

@@ -17,14 +17,17 @@ be opening it) and asks the backend to `prune` the rest.
 
 Scores are inner products; with unit vectors that is the cosine. Ids are int64 and are never renumbered.
 
-Limits: the interface is the one the knowledge base needs today (whole-index save per commit, exact search); a
-server-side backend would implement `save`/`load` as a snapshot or a collection version rather than files.
+Backends: "faiss" (faiss.py, files in the folder) and "milvus" (milvus.py, a Milvus collection whose rows carry
+the generations that added and removed them, plus a small pointer file per generation in the folder).
+
+Limits: the interface is the one the knowledge base needs (whole-generation save per commit); a server-side
+backend keeps a connection, which `connect`/`disconnect` bracket for each open knowledge base.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -105,9 +108,30 @@ class VectorIndex(ABC):
         """What manifest.json says about the stored vectors."""
         return {f"{cls.name}_location": cls.location(generation)}
 
+    # ------------------------------------------------------------ index kind (FAISS: flat / approximate by size)
+    def prepare(self, ann: str, vectors: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]) -> VectorIndex:
+        """The index to save in this commit, under the `ann` setting: self, or a re-trained one built from
+        `vectors()` (the knowledge base's stored (ids, vectors) batches). Default: self, unchanged."""
+        return self
 
-def vector_backend(name: str) -> type[VectorIndex]:
-    """The VectorIndex class called `name` (StoreError for an unknown one).
+    @classmethod
+    def describe(cls, record: Mapping[str, str | None]) -> dict:
+        """Extra manifest.json fields about the index a commit `record` describes (kind, parameters)."""
+        return {}
+
+    # ------------------------------------------------------------ connection (server-side backends)
+    @classmethod  # noqa: B027 - an optional hook, a no-op for file backends
+    def connect(cls, folder: Path) -> None:
+        """A knowledge base in `folder` starts using this backend (Milvus shares one client per URI)."""
+
+    @classmethod  # noqa: B027 - an optional hook, a no-op for file backends
+    def disconnect(cls, folder: Path) -> None:
+        """The knowledge base that `connect`ed closes."""
+
+
+def vector_backend(name: str, **options: str) -> type[VectorIndex]:
+    """The VectorIndex class called `name` (StoreError for an unknown one), configured by `options`
+    (milvus: `uri`; FAISS takes none and ignores them, so callers can always pass the settings').
 
     Backends are imported here, on demand, so that choosing one never imports another's client library."""
     from ..errors import StoreError
@@ -116,9 +140,19 @@ def vector_backend(name: str) -> type[VectorIndex]:
         from .faiss import FaissIndex
 
         return FaissIndex
-    raise StoreError(f"unknown vector index backend {name!r} (this docqa has: faiss)")
+    if name == "milvus":
+        from .milvus import MilvusIndex
+
+        return MilvusIndex.configured(options.get("uri") or "")
+    raise StoreError(f"unknown vector index backend {name!r} (this docqa has: {', '.join(backend_names())})")
 
 
 def backend_names() -> list[str]:
-    """Every backend `vector_backend` knows (the contract tests run over all of them)."""
-    return ["faiss"]
+    """Every backend `vector_backend` knows (the contract tests run over all of them); milvus only where
+    pymilvus and milvus-lite are installed."""
+    import importlib.util
+
+    names = ["faiss"]
+    if importlib.util.find_spec("pymilvus") and importlib.util.find_spec("milvus_lite"):
+        names.append("milvus")
+    return names

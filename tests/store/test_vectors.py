@@ -106,7 +106,19 @@ def _flip_a_byte_in_new_files(folder, before: set[str]) -> int:
     return n
 
 
-DAMAGE = {}  # backend name -> fn(folder, generation) for backends whose data is not files in the folder
+def _delete_a_milvus_row(folder, generation):
+    import json
+
+    from docqa.store.milvus import MilvusIndex
+
+    name = json.loads((folder / f"vectors.{generation}.milvus").read_text())["milvus_collection"]
+    client = MilvusIndex._client_for(folder)
+    client.delete(name, ids=[int(IDS[0])])
+    client.flush(name)
+
+
+# backend name -> fn(folder, generation) for backends whose data is not files in the folder
+DAMAGE = {"milvus": _delete_a_milvus_row}
 
 
 def test_damaged_data_is_detected_before_parsing(backend, tmp_path):
