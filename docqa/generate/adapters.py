@@ -34,17 +34,15 @@ ModelError. Official P-Tuning folders carry no identity: their shapes and config
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from docqa.errors import ModelError
-from docqa.generate.base import GenerationOptions, Message, Prompt, pick_next, stream_text
+from docqa.generate.base import GenerationOptions, Message, Prompt, cache_kwarg, sample_dynamic, stream_text
 from docqa.generate.chatglm import ChatGLM3Generator, ChatGLM6BGenerator, ChatGLMGenerator
 
 ADAPTER_JSON = "adapter.json"
@@ -333,11 +331,6 @@ def prefix_from_adapter(adapter: Adapter, cfg: dict[str, Any], dtype=None, devic
     return [(k.contiguous(), v.contiguous()) for k, v in prefix_layout(flat, int(cfg["num_layers"]), groups, hd)]
 
 
-def _cache_kw(model) -> str:
-    # transformers 5.x renamed `past_key_values` to `cache`; accept both (as base.sample_tokens does)
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def prefix_cache(model, prefix_kv: Sequence[tuple[Any, Any]], batch: int = 1):
     """A DynamicCache holding the prefix for every layer (expanded to `batch`); differentiable."""
     from transformers import DynamicCache
@@ -363,7 +356,7 @@ def prefix_logits(model, input_ids, prefix_kv: Sequence[tuple[Any, Any]] | None,
     pre = prefix_kv[0][0].shape[2]
     pos = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
     mask = torch.ones(b, pre + s, dtype=torch.long, device=input_ids.device)
-    kw = {_cache_kw(model): prefix_cache(model, prefix_kv, b)}
+    kw = {cache_kwarg(model): prefix_cache(model, prefix_kv, b)}
     out = model(
         input_ids=input_ids, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=logits_to_keep, **kw
     )
@@ -377,44 +370,9 @@ def prefix_sample_tokens(
     from 0 at the first real token."""
     import torch
 
-    eos = {int(e) for e in eos_ids}
-    device = prefix_kv[0][0].device
-    gen = torch.Generator(device="cpu").manual_seed(options.seed) if options.seed is not None else None
-    pre = prefix_kv[0][0].shape[2]
-    n = len(input_ids)
-    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
-    pos = torch.arange(n, device=device).unsqueeze(0)
-    seen = torch.tensor(list(dict.fromkeys(int(i) for i in input_ids)), dtype=torch.long)
-    kw = _cache_kw(model)
-    stats = options.stats
-    if stats is not None:
-        stats.prompt_tokens = n
     with torch.inference_mode():
         cache = prefix_cache(model, prefix_kv)
-        for step in range(options.max_new_tokens):
-            if options.cancel is not None and options.cancel.is_set():
-                return
-            t = time.perf_counter()
-            mask = torch.ones(1, pre + n + step, dtype=torch.long, device=device)
-            out = model(
-                input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: cache}
-            )
-            cache = getattr(out, "cache", None) or out.past_key_values
-            nxt = pick_next(out.logits[0, -1].to("cpu"), options, seen, gen)
-            if stats is not None:
-                if step == 0:
-                    stats.prefill_s += time.perf_counter() - t
-                else:
-                    stats.decode_s += time.perf_counter() - t
-            if nxt in eos:
-                return
-            if stats is not None:
-                stats.new_tokens += 1
-            yield nxt
-            if options.repetition_penalty != 1.0:
-                seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
-            ids = torch.tensor([[nxt]], dtype=torch.long, device=device)
-            pos = torch.tensor([[n + step]], dtype=torch.long, device=device)
+    return sample_dynamic(model, input_ids, options, eos_ids, cache=cache, prefix_len=prefix_kv[0][0].shape[2])
 
 
 def greedy_no_cache(model, input_ids: Sequence[int], max_new_tokens: int, eos_ids: Iterable[int], prefix_kv=None):

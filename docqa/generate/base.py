@@ -208,7 +208,7 @@ def sample_tokens(
             session = GlmSession(model)
     if session is not None:
         return _sample_session(session, input_ids, options, eos_ids)
-    return _sample_dynamic(model, input_ids, options, eos_ids)
+    return sample_dynamic(model, input_ids, options, eos_ids)
 
 
 def _sample_session(
@@ -266,9 +266,24 @@ def _account(stats: GenerationStats | None, step: int, started: float) -> None:
             stats.decode_s += time.perf_counter() - started
 
 
-def _sample_dynamic(
-    model, input_ids: Sequence[int], options: GenerationOptions, eos_ids: Iterable[int]
+def cache_kwarg(model) -> str:
+    """The forward() keyword for the KV cache: transformers 5.x renamed `past_key_values` to `cache` (the old name
+    is deprecated); accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def sample_dynamic(
+    model,
+    input_ids: Sequence[int],
+    options: GenerationOptions,
+    eos_ids: Iterable[int],
+    cache=None,
+    prefix_len: int = 0,
 ) -> Iterator[int]:
+    """The sampling loop over transformers' own forward and cache, for models without a docqa session.
+
+    `cache` may arrive holding `prefix_len` positions of a P-Tuning prefix (adapters.py): every token then attends
+    to it, while positions count from 0 at the first real token (explicit position ids and attention mask)."""
     import torch
     from transformers import DynamicCache
 
@@ -277,23 +292,29 @@ def _sample_dynamic(
     gen = None
     if options.seed is not None:
         gen = torch.Generator(device="cpu").manual_seed(options.seed)
+    n = len(input_ids)
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     seen = torch.tensor(list(dict.fromkeys(int(i) for i in input_ids)), dtype=torch.long)
-    try:  # with the config, sliding-window layers (Gemma 3) keep a bounded cache
-        cache = DynamicCache(config=model.config)
-    except TypeError:
-        cache = DynamicCache()
-    # transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated); accept both.
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if cache is None:
+        try:  # with the config, sliding-window layers (Gemma 3) keep a bounded cache
+            cache = DynamicCache(config=model.config)
+        except TypeError:
+            cache = DynamicCache()
+    cache_kw = cache_kwarg(model)
     stats = options.stats
     if stats is not None:
-        stats.prompt_tokens = len(input_ids)
+        stats.prompt_tokens = n
+    extra: dict = {}
+    if prefix_len:
+        extra["position_ids"] = torch.arange(n, device=device).unsqueeze(0)
     with torch.inference_mode():
         for step in range(options.max_new_tokens):
             if options.cancel is not None and options.cancel.is_set():
                 return
             t = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            if prefix_len:
+                extra["attention_mask"] = torch.ones(1, prefix_len + n + step, dtype=torch.long, device=device)
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra, **{cache_kw: cache})
             cache = getattr(out, "cache", None) or out.past_key_values
             nxt = pick_next(out.logits[0, -1].to("cpu"), options, seen, gen)
             _account(stats, step, t)
@@ -305,6 +326,8 @@ def _sample_dynamic(
             if options.repetition_penalty != 1.0:
                 seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
             ids = torch.tensor([[nxt]], dtype=torch.long, device=device)
+            if prefix_len:
+                extra["position_ids"] = torch.tensor([[n + step]], dtype=torch.long, device=device)
 
 
 def stream_text(
