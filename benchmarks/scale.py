@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from _util import machine, peak_rss_mb, percentile  # noqa: E402
+from _util import QUESTIONS, machine, peak_rss_mb, percentile  # noqa: E402
 
 import docqa.bm25  # noqa: E402
 from docqa.config import Settings  # noqa: E402
@@ -52,24 +52,6 @@ from docqa.documents import Chunk  # noqa: E402
 from docqa.store import DocumentInfo, KnowledgeBase  # noqa: E402
 from docqa.tokenize import tokenize  # noqa: E402
 
-QUESTIONS = [
-    "How do I sort a list in reverse order?",
-    "How do I send log messages to a file?",
-    "What does the key function do when sorting?",
-    "How can I change the logging level?",
-    "How do I make a stable sort by two fields?",
-    "Where do log records go by default?",
-    "What is a handler in logging?",
-    "How do I sort strings case-insensitively?",
-    "grep 怎么不区分大小写？",
-    "tar 怎么解压到指定目录？",
-    "怎么只显示不匹配的行？",
-    "如何压缩一个目录？",
-    "grep 的 -w 选项是什么意思？",
-    "怎么列出归档里的文件？",
-    "怎么递归搜索目录？",
-    "怎么显示匹配行的行号？",
-]
 EN_WORDS, ZH_WORDS = 70, 50
 CODE_TERMS = ["/etc/fstab", "-L", "--force", "apt-get", "dpkg", "grep", "tar", "-w", "-v", "sort()", "logging.info"]
 
