@@ -9,13 +9,15 @@ the budgeted prompt; the extractive answerer (the offline default) quotes the pa
 
 Retrieval asks for `CANDIDATES` passages (or `settings.max_passages` when set) and the prompt keeps as many as the
 token budget holds (docqa/prompt.py). When `retriever.is_relevant` says nothing found is relevant, `ask` abstains
-without calling the model (unless `abstain=False`), with a message in the question's language.
+without calling the model (unless `abstain=False`), with a message in the question's language. Where the
+`query_expansion` setting asks for it (docqa/expand.py; by default only with a model on a GPU or a served one),
+the model first writes extra search queries, which retrieval fuses in (`Answer.query_expansions`).
 
 Citations `[1]`, `[1,2]`, `[1][3]`, `[2-4]`, `【1】`, `【1，2】` are parsed from the text after generation; numbers
 that point to no passage in the prompt go to `Answer.invalid_citations` and are never shown as sources.
 The model's output is only ever returned as text: nothing here executes it or calls tools with it.
 
-Timings (seconds): `retrieval`, `prompt`, `first_token` (from the call, i.e. what the user waits),
+Timings (seconds): `retrieval` (query expansion included; `expansion` alone when it ran), `prompt`, `first_token` (from the call, i.e. what the user waits),
 `generation` (model time), `total`; a local model adds `prompt_tokens`, `cached_tokens` (of those, reused from the
 previous turn's KV cache), `new_tokens`, `prefill_s`, `decode_s` and `tokens_per_s` (GenerationStats).
 """
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from .config import Settings
 from .documents import Answer, Hit
+from .expand import expand_query, expansion_kinds
 from .generate.base import GenerationOptions, GenerationStats, Generator
 from .prompt import PromptPlan, build_prompt, passage_label
 from .text import CITATION, detect_language
@@ -113,7 +116,10 @@ def ask(
     question = question.strip()
     query = (rewritten or question).strip()
     k = settings.max_passages if settings.max_passages > 0 else CANDIDATES
-    hits = retriever.search(query, k=k, mode=settings.mode)
+    kinds = expansion_kinds(settings, generator)
+    expansions = expand_query(query, generator, kinds) if kinds else []
+    t_expand = time.perf_counter() - t0
+    hits = retriever.search(query, k=k, mode=settings.mode, expansions=expansions)
     t_retrieval = time.perf_counter() - t0
     answer = Answer(
         question=question,
@@ -121,8 +127,9 @@ def ask(
         passages=[],
         model=getattr(generator, "name", ""),
         rewritten_query=rewritten if rewritten and rewritten != question else None,
+        query_expansions=expansions,
     )
-    if abstain and not retriever.is_relevant(query, hits):
+    if abstain and not retriever.is_relevant(query, hits, expansions):
         return _abstain(answer, on_text, {"retrieval": t_retrieval, "total": time.perf_counter() - t0})
 
     t1 = time.perf_counter()
@@ -147,6 +154,7 @@ def ask(
     answer.timings = {
         "retrieval": t_retrieval,
         "prompt": t_prompt,
+        **({"expansion": t_expand} if kinds else {}),
         "first_token": first if first is not None else t_end - t0,
         "generation": t_end - t2,
         "total": t_end - t0,

@@ -61,6 +61,9 @@ ANN_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 #: `embed_backend`: torch = the sentence-transformers model as shipped; onnx-int8 = a dynamically quantised
 #: ONNX export run by onnxruntime (faster ingest on CPU)
 EMBED_BACKENDS = ("torch", "onnx-int8")
+#: what docqa/expand.py asks the chat model for: search keywords, a translation into the other language, a
+#: hypothetical answer passage (HyDE); each becomes one more query fused into the search
+QUERY_EXPANSIONS = ("keywords", "translate", "hyde")
 #: `finetune_method` (docqa finetune --method)
 FINETUNE_METHODS = ("lora", "qlora", "ptuning")
 
@@ -98,6 +101,9 @@ class Settings:
     min_relevance: float = 0.0  # 0 = automatic rule (see retrieve.py)
     neighbours: int = 0
     reranker: str = ""
+    # query expansion for retrieval by the chat model (docqa/expand.py): "auto" = keywords,translate when a
+    # generation is cheap (a GPU or a served model), "off", or a comma-separated list of QUERY_EXPANSIONS
+    query_expansion: str = "auto"
     # generation
     llm: str = "auto"  # auto | demo | chatglm2 path/id | openai
     llm_url: str = ""
@@ -192,6 +198,12 @@ def _validate(s: Settings) -> None:
     _one_of("store", s.store, STORES)
     _one_of("ann", s.ann, ANN_TYPES)
     _one_of("embed_backend", s.embed_backend, EMBED_BACKENDS)
+    kinds = [k.strip() for k in s.query_expansion.split(",")]
+    if s.query_expansion not in ("auto", "off") and not all(k in QUERY_EXPANSIONS for k in kinds):
+        raise ConfigError(
+            f"query_expansion must be auto, off or a comma-separated list of {', '.join(QUERY_EXPANSIONS)}, "
+            f"got {s.query_expansion!r}"
+        )
     if not valid_device(s.llm_device):
         raise ConfigError(f"llm_device must be one of {', '.join(LLM_DEVICES)} or cuda:N, got {s.llm_device!r}")
     if s.chunk_tokens < 16:

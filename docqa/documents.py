@@ -172,6 +172,8 @@ class Answer:
     citations: list[int] = field(default_factory=list)
     invalid_citations: list[int] = field(default_factory=list)
     rewritten_query: str | None = None
+    #: extra search queries the chat model wrote for retrieval (docqa/expand.py); [] when expansion is off
+    query_expansions: list[str] = field(default_factory=list)
     abstained: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     passage_tokens: list[int] = field(default_factory=list)
@@ -188,6 +190,7 @@ class Answer:
             "answer": self.text,
             "abstained": self.abstained,
             "rewritten_query": self.rewritten_query,
+            "query_expansions": self.query_expansions,
             "citations": self.citations,
             "invalid_citations": self.invalid_citations,
             "sources": [{"n": n, **h.to_json()} for n, h in self.sources],

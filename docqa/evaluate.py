@@ -32,7 +32,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -217,18 +217,35 @@ def parse_modes(modes: str | Sequence[str]) -> list[str]:
     return out
 
 
-def evaluate(items: Sequence[QAItem], retriever, modes: Sequence[str] = MODES, judge_by: str = "auto") -> EvalReport:
-    """Search every question in every mode with one retriever (one loaded model) and score the results."""
+def evaluate(
+    items: Sequence[QAItem],
+    retriever,
+    modes: Sequence[str] = MODES,
+    judge_by: str = "auto",
+    expander: Callable[[str], list[str]] | None = None,
+) -> EvalReport:
+    """Search every question in every mode with one retriever (one loaded model) and score the results.
+
+    With `expander` (question -> extra search queries: docqa/expand.py) every mode is also run with the
+    expansions fused in, reported as "<mode>+expand" beside it; each question is expanded once."""
     report_modes: dict[str, dict[str, Any]] = {}
     all_ranks: dict[str, list[int | None]] = {}
-    for mode in modes:
+    expanded: dict[str, list[str]] = {}
+    runs = [m for mode in modes for m in ((mode, f"{mode}+expand") if expander else (mode,))]
+    for name in runs:
+        mode = name.split("+")[0]
         ranks: list[int | None] = []
         seconds: list[float] = []
         if items:
             retriever.search(items[0].question, k=MAX_K, mode=mode)  # warm-up: the first call loads the model
         for it in items:
+            extra: list[str] = []
+            if name != mode and expander is not None:
+                if it.question not in expanded:
+                    expanded[it.question] = expander(it.question)
+                extra = expanded[it.question]
             t = time.perf_counter()
-            hits = retriever.search(it.question, k=MAX_K, mode=mode)
+            hits = retriever.search(it.question, k=MAX_K, mode=mode, expansions=extra)
             seconds.append(time.perf_counter() - t)
             ranks.append(first_hit_rank(it, hits, judge_by))
         res: dict[str, Any] = {"overall": metrics(ranks)}
@@ -236,22 +253,46 @@ def evaluate(items: Sequence[QAItem], retriever, modes: Sequence[str] = MODES, j
         for group in language_groups(keys):
             res[group] = metrics([r for r, key in zip(ranks, keys) if in_group(*key, group)])
         res["latency_ms"] = 1000 * sum(seconds) / len(seconds) if seconds else math.nan
-        report_modes[mode] = res
-        all_ranks[mode] = ranks
+        report_modes[name] = res
+        all_ranks[name] = ranks
     return EvalReport(report_modes, all_ranks, list(items))
 
 
-def run_eval(path: str | Path, settings, modes: str | Sequence[str] = MODES, judge_by: str = "auto") -> EvalReport:
-    """Load the QA file, open the knowledge base at `settings.index` once, and evaluate every mode."""
+def run_eval(
+    path: str | Path,
+    settings,
+    modes: str | Sequence[str] = MODES,
+    judge_by: str = "auto",
+    expand: str = "",
+    llm: str = "auto",
+) -> EvalReport:
+    """Load the QA file, open the knowledge base at `settings.index` once, and evaluate every mode; with
+    `expand` (comma-separated QUERY_EXPANSIONS kinds) also every mode with the expansions that the chat model
+    named by `llm` (as `docqa eval --answers --llm` names one) writes for each question."""
     if judge_by not in ("auto", "keywords", "source", "all"):
         raise ConfigError(f"judge_by must be auto, keywords, source or all, got {judge_by!r}")
     wanted = parse_modes(modes)
     items = load_qa(path)
     from .retrieve import open_retriever
 
+    expander = None
+    if expand:
+        from .evaluate_answers import answerer_settings
+        from .expand import expand_query, expansion_kinds
+        from .generate import get_generator
+
+        gen_settings = answerer_settings(settings, llm).replace(query_expansion=expand)
+        generator = get_generator(gen_settings)
+        kinds = expansion_kinds(gen_settings, generator)
+        if not kinds:
+            raise ConfigError(f"--expand needs a chat model that follows instructions; {generator.name} is not one")
+
+        def expander(question: str) -> list[str]:
+            return expand_query(question, generator, kinds)
+
     retriever = open_retriever(settings.replace(neighbours=0) if settings.neighbours else settings)
     try:
-        return evaluate(items, retriever, wanted, judge_by)
+        return evaluate(items, retriever, wanted, judge_by, expander)
     finally:
         retriever.kb.close()
 

@@ -146,6 +146,11 @@ def fusion_weights(
 # -- reciprocal rank fusion ----------------------------------------------------------------------------------------
 
 
+#: share of the question's own RRF weights that each query expansion's lists get (docqa/expand.py; untuned: no
+#: capable model on the development machine to measure it with)
+EXPANSION_WEIGHT = 0.5
+
+
 def rrf_fuse(lists: Sequence[Sequence[Id]], weights: Sequence[float], k: int) -> dict[Id, float]:
     """Weighted reciprocal rank fusion: id -> sum over the lists holding it of weight / (k + rank), rank from 1.
 

@@ -92,6 +92,7 @@ from .embed import Embedder
 from .errors import ConfigError, StoreCorruptError
 from .fusion import (
     CONFIDENCE_POOL,
+    EXPANSION_WEIGHT,
     fusion_weights,
     is_near_duplicate,
     merge_target,
@@ -134,10 +135,16 @@ class Retriever:
         self.settings = settings
         self.reranker = reranker
 
-    def search(self, query: str, k: int | None = None, mode: str | None = None) -> SearchResult:
+    def search(
+        self, query: str, k: int | None = None, mode: str | None = None, expansions: Sequence[str] = ()
+    ) -> SearchResult:
         """The `k` best passages for `query`, best first (`Hit.rank` from 1), with this search's timings and
         (hybrid) fusion weights. All reads happen inside one snapshot, so an ingest running meanwhile is seen
-        wholly or not at all. An empty question gives an empty result."""
+        wholly or not at all. An empty question gives an empty result.
+
+        `expansions` (docqa/expand.py: keywords, a translation, a hypothetical answer) are searched like the
+        query and their lists fused in by RRF at `EXPANSION_WEIGHT` of the query's own weights; hits keep the
+        query's own dense / BM25 scores (a hit only an expansion found has none)."""
         mode = mode or self.settings.mode
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -152,7 +159,14 @@ class Retriever:
         try:
             with self.kb.snapshot():
                 dense_list, bm25_list = self._lists(query, mode, pool, timings)
-                ranked, weights = self._rank(query, mode, dense_list, bm25_list)
+                extra = []
+                if expansions:
+                    t = time.perf_counter()
+                    for e in dict.fromkeys(e.strip() for e in expansions):
+                        if e and e != query:
+                            extra.append((e, *self._lists(e, mode, pool, {})))
+                    timings["expansions"] = time.perf_counter() - t
+                ranked, weights = self._rank(query, mode, dense_list, bm25_list, extra)
                 hits = self._to_hits(ranked, want, mode)
         except sqlite3.DatabaseError as e:
             raise StoreCorruptError(f"the knowledge base database is damaged ({e}); see `docqa verify`") from None
@@ -186,9 +200,15 @@ class Retriever:
         return dense_list, bm25_list
 
     def _rank(
-        self, query: str, mode: str, dense_list: list[tuple[int, float]], bm25_list: list[tuple[int, float]]
+        self,
+        query: str,
+        mode: str,
+        dense_list: list[tuple[int, float]],
+        bm25_list: list[tuple[int, float]],
+        extra: Sequence[tuple[str, list[tuple[int, float]], list[tuple[int, float]]]] = (),
     ) -> tuple[list[_Candidate], tuple[float, float] | None]:
-        """Every candidate of either list, best first, and the (dense, bm25) weights of a hybrid fusion."""
+        """Every candidate of any list, best first, and the (dense, bm25) weights of a hybrid fusion. `extra`
+        holds (expansion, its dense list, its BM25 list) per query expansion."""
         cands: dict[int, _Candidate] = {}
         for rank, (cid, score) in enumerate(dense_list):
             c = cands.setdefault(cid, _Candidate(cid))
@@ -196,22 +216,30 @@ class Retriever:
         for rank, (cid, score) in enumerate(bm25_list):
             c = cands.setdefault(cid, _Candidate(cid))
             c.bm25, c.bm25_rank = score, rank
+        for _, d, b in extra:
+            for cid, _ in (*d, *b):
+                cands.setdefault(cid, _Candidate(cid))
         weights = None
-        if mode == "dense":
+        if mode == "dense" and not extra:
             for c in cands.values():
                 c.fused = c.dense if c.dense is not None else -1.0
-        elif mode == "bm25":
+        elif mode == "bm25" and not extra:
             for c in cands.values():
                 c.fused = c.bm25 if c.bm25 is not None else -1.0
         else:
-            weights = fusion_weights(
-                query, self.embedder.languages, self.settings, [s for _, s in dense_list], [s for _, s in bm25_list]
-            )
-            fused = rrf_fuse(
-                [[cid for cid, _ in dense_list], [cid for cid, _ in bm25_list]], weights, self.settings.rrf_k
-            )
+            lists, list_weights = [], []
+            # (in a one-signal mode the other list is empty; the weights still say how much a Chinese question's
+            # dense list means to an English-only embedder)
+            for i, (text, d, b) in enumerate([(query, dense_list, bm25_list), *extra]):
+                w = fusion_weights(text, self.embedder.languages, self.settings, [s for _, s in d], [s for _, s in b])
+                if i == 0 and mode == "hybrid":
+                    weights = w
+                share = 1.0 if i == 0 else EXPANSION_WEIGHT
+                lists += [[cid for cid, _ in d], [cid for cid, _ in b]]
+                list_weights += [w[0] * share, w[1] * share]
+            fused = rrf_fuse(lists, list_weights, self.settings.rrf_k)
             for c in cands.values():
-                c.fused = fused[c.chunk_id]
+                c.fused = fused.get(c.chunk_id, 0.0)
         # ties (e.g. dense weight 0 for every dense-only candidate) keep a stable, meaningful order
         ranked = sorted(
             cands.values(),
@@ -289,8 +317,10 @@ class Retriever:
         hit.text = join_at_offsets([*before, *span, *after])
         return hit
 
-    def is_relevant(self, query: str, hits: Sequence[Hit]) -> bool:
-        """Whether the hits hold anything worth answering from (False -> `ask` abstains).
+    def is_relevant(self, query: str, hits: Sequence[Hit], expansions: Sequence[str] = ()) -> bool:
+        """Whether the hits hold anything worth answering from (False -> `ask` abstains). With query
+        `expansions` (docqa/expand.py), the hits are also relevant when one of them passes the same rule: a
+        Chinese question over English documents shares few terms with them, its English translation does.
 
         The rule (calibrated on corpora/dev_qa.jsonl against 20 off-topic questions, 10 English and 10 Chinese:
         "What is the capital of France?", "how do I bake bread", "今天天气怎么样？", ...):
@@ -309,7 +339,11 @@ class Retriever:
         """
         if not hits:
             return False
-        dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
+        own = [h.scores["dense"] for h in hits if "dense" in h.scores]
+        return self._passes(query, hits, own) or any(self._passes(e, hits, []) for e in expansions if e.strip())
+
+    def _passes(self, query: str, hits: Sequence[Hit], dense: list[float]) -> bool:
+        """is_relevant's rule for one query; `dense` = the hits' cosines to it when known ([] = compute)."""
         threshold = self.settings.min_relevance if self.settings.min_relevance > 0 else DENSE_MIN
         if self.settings.min_relevance > 0 or detect_language(query) in self.embedder.languages:
             if not dense:

@@ -103,13 +103,13 @@ class OneHitRetriever:
     def __init__(self):
         self.queries: list[str] = []
 
-    def search(self, query, k=None, mode=None):
+    def search(self, query, k=None, mode=None, expansions=()):
         from docqa.documents import Hit
 
         self.queries.append(query)
         return [Hit(chunk_id=1, score=1.0, source="/d/a.md", text="apt installs packages", rank=1)]
 
-    def is_relevant(self, query, hits):
+    def is_relevant(self, query, hits, expansions=()):
         return True
 
 

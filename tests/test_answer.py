@@ -49,11 +49,11 @@ class FakeRetriever:
     def __init__(self, hits, relevant=True):
         self.hits, self.relevant, self.queries = hits, relevant, []
 
-    def search(self, query, k=None, mode=None):
+    def search(self, query, k=None, mode=None, expansions=()):
         self.queries.append((query, k, mode))
         return list(self.hits)
 
-    def is_relevant(self, query, hits):
+    def is_relevant(self, query, hits, expansions=()):
         return self.relevant
 
 

@@ -215,6 +215,16 @@ def test_chinese_question_words_carry_no_weight():
     assert all(q.passage == 2 for q in quotes)
 
 
+def test_a_chinese_question_prefers_the_unit_that_names_what_it_describes():
+    # the question says 去重 and 忽略大小写 in words; the answer names the command (uniq) and its option
+    passages = [
+        "比较行时忽略大小写可以让排序结果更符合直觉，去重之前通常先排序。",
+        "uniq 命令用来去掉相邻的重复行；加上 -i 选项可以在比较时忽略大小写。",
+    ]
+    q = "去重的时候怎么忽略大小写？"
+    assert select(q, passages, max_units=1)[0].passage == 2
+
+
 def test_a_passage_sharing_only_question_words_is_not_quoted():
     assert select("不想让软件包被升级，应该怎么做？能不能做到？", ["您应该怎么做？能不能做到？"]) == []
     assert select("What do I need to know? Tell me the way.", ["You need to know the way; tell me."]) == []

@@ -226,12 +226,20 @@ def eval_command(
         typer.Option(
             "--llm",
             help="With --answers: comma-separated answerers to compare: extractive, demo, "
-            "a ChatGLM2 folder, http://host:port/v1",
+            "a ChatGLM2 folder, http://host:port/v1; with --expand: the one chat model that writes the expansions",
         ),
     ] = "auto",
     adapter: Annotated[
         str | None, typer.Option("--adapter", help="With --answers: a fine-tuned adapter for the ChatGLM answerers")
     ] = None,
+    expand: Annotated[
+        str,
+        typer.Option(
+            "--expand",
+            help="Retrieval: also run each mode with the query expansions (keywords,translate,hyde) that the "
+            "--llm chat model writes, as <mode>+expand",
+        ),
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Score retrieval (hit@1/3/5/10/20, MRR@10) or, with --answers, the answers, per language and half."""
@@ -250,7 +258,7 @@ def eval_command(
         return
     from ..evaluate import run_eval
 
-    report = run_eval(qa_file, load_settings(index=index), mode)
+    report = run_eval(qa_file, load_settings(index=index, adapter=adapter), mode, expand=expand, llm=llm)
     if as_json:
         print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)
     else:

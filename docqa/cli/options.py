@@ -66,6 +66,14 @@ OcrOpt = Annotated[
     Ocr | None,
     typer.Option("--ocr", help="OCR scanned pages and images: auto (pages without usable text) | always | never"),
 ]
+ExpandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--expand",
+        help="Query expansion by the chat model before retrieval: auto (only on a GPU or a served model) | off | "
+        "keywords,translate,hyde",
+    ),
+]
 NoAbstainOpt = Annotated[bool, typer.Option("--no-abstain", help="Answer even when nothing relevant was found")]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show the rewritten question, prompt budget and timings")
@@ -86,6 +94,7 @@ class AnswerFlags:
     device: str | None = None
     model_family: str | None = None
     adapter: str | None = None
+    expand: str | None = None
     index: Path | None = None
     no_abstain: bool = False
     verbose: bool = False
@@ -105,6 +114,7 @@ class AnswerFlags:
             llm_device=self.device,
             model_family=None if self.model_family is None else str(self.model_family),
             adapter=self.adapter,
+            query_expansion=self.expand,
         )
 
 
@@ -120,6 +130,7 @@ _ANSWER_OPTIONS = {
     "device": DeviceOpt,
     "model_family": FamilyOpt,
     "adapter": AdapterOpt,
+    "expand": ExpandOpt,
     "index": IndexOpt,
     "no_abstain": NoAbstainOpt,
     "verbose": VerboseOpt,

@@ -144,6 +144,8 @@ def answer_to_console(
         err.print("[yellow]interrupted[/]")
     print_sources(out, answer)
     if verbose:
+        for e in answer.query_expansions:
+            err.print(f"[dim]searched also: {escape(e)}[/]", highlight=False)
         err.print(f"[dim]{escape(describe_timings(answer.timings))}[/]", highlight=False)
     return answer
 

@@ -88,6 +88,9 @@ class Generator(ABC):
     #: True when a prompt that extends the previous one reuses its KV cache (ChatGLM2/3): docqa/chat.py then
     #: builds each turn as an extension of the conversation so far (prompt.build_chat_turn)
     reuses_context: bool = False
+    #: True when one more short generation costs little (a model on a GPU, or a served one): docqa/expand.py
+    #: then asks it for search queries by default
+    cheap_generation: bool = False
 
     @abstractmethod
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:
@@ -114,6 +117,14 @@ class Generator(ABC):
     def render(self, messages: Sequence[Message]) -> str:
         """The plain-text prompt for `messages` (used for counting and by models without a chat API)."""
         return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def runs_on_accelerator(model) -> bool:
+    """True when `model`'s (first) weights are not on the CPU: one more short generation is then cheap."""
+    try:
+        return next(iter(model.parameters())).device.type != "cpu"
+    except (AttributeError, StopIteration, TypeError):
+        return False
 
 
 class StreamDecoder:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from docqa.errors import ModelError
-from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, stream_text
+from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, runs_on_accelerator, stream_text
 from docqa.generate.catalog import ModelInfo, find_models  # noqa: F401  (`docqa models`; re-exported here)
 from docqa.generate.checkpoints import TOKENIZER_FILES, detect_family, read_config_json, resolve_model_path
 
@@ -198,6 +198,10 @@ class ChatGLMGenerator(Generator):
             raise ModelError(f"{folder} has no {TOKENIZER_FILES[fam]} (copy it from the THUDM repository)")
         sub = ChatGLM6BGenerator if fam == "chatglm" else ChatGLM3Generator
         return sub(folder, model, tok, read_config_json(folder), max_context, first_token_s, cache_dir)
+
+    @property
+    def cheap_generation(self) -> bool:  # type: ignore[override]
+        return runs_on_accelerator(self.model)
 
     def count_tokens(self, text: str) -> int:
         return self.tokenizer.count_tokens(text)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from docqa.errors import ModelError
-from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, stream_text
+from docqa.generate.base import GenerationOptions, Generator, Message, Prompt, runs_on_accelerator, stream_text
 from docqa.generate.chatglm2_tokenizer import ChatGLM2Tokenizer
 
 # Checkpoint handling lives in checkpoints.py; these names are re-exported because callers (and tests) have
@@ -316,6 +316,10 @@ class ChatGLM2Generator(Generator):
         self.prefix_kv = None
         #: conversation caches: a prompt that extends an earlier one prefills only its new tokens
         self.sessions = SessionPool(self.model)
+
+    @property
+    def cheap_generation(self) -> bool:  # type: ignore[override]
+        return runs_on_accelerator(self.model)
 
     def count_tokens(self, text: str) -> int:
         return self.tokenizer.count_tokens(text)

@@ -39,6 +39,7 @@ class OpenAIGenerator(Generator):
     """Streams chat completions from an OpenAI-compatible HTTP server; see the module docstring."""
 
     is_chat_model = True
+    cheap_generation = True  # a served model: a short extra request, not minutes of local CPU
 
     def __init__(
         self,
