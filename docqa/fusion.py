@@ -146,6 +146,32 @@ def fusion_weights(
 # -- reciprocal rank fusion ----------------------------------------------------------------------------------------
 
 
+#: evidence re-ranking (`evidence_order`): the first EVIDENCE_DEPTH fused hits are re-ranked by RRF of their fused
+#: rank and their rank by best answer unit, the latter at EVIDENCE_WEIGHT (docqa/retrieve.py, rule 4)
+EVIDENCE_DEPTH = 20
+EVIDENCE_WEIGHT = 0.5
+EVIDENCE_RRF_K = 60
+
+
+def evidence_order(
+    evidence: Sequence[float], weight: float = EVIDENCE_WEIGHT, k: int = EVIDENCE_RRF_K, depth: int = EVIDENCE_DEPTH
+) -> list[int]:
+    """The new order (indexes) of a ranked list whose items have `evidence` scores: the first `depth` by
+    1 / (k + rank) + weight / (k + rank by evidence), ranks from 1; the rest stay where they are. Ties keep the
+    list's order.
+
+        >>> evidence_order([0.1, 0.9, 0.2], weight=1.0, k=1)   # 1/2+1/4, 1/3+1/2, 1/4+1/3
+        [1, 0, 2]
+        >>> evidence_order([0.1, 0.9, 0.2], weight=0.5, k=60)  # at half weight, a better place by one isn't enough
+        [0, 1, 2]
+    """
+    n = min(depth, len(evidence))
+    by_evidence = sorted(range(n), key=lambda i: -evidence[i])
+    ev_rank = {i: r for r, i in enumerate(by_evidence, 1)}
+    score = {i: 1 / (k + i + 1) + weight / (k + ev_rank[i]) for i in range(n)}
+    return sorted(range(n), key=lambda i: -score[i]) + list(range(n, len(evidence)))
+
+
 #: share of the question's own RRF weights that each query expansion's lists get (docqa/expand.py; untuned: no
 #: capable model on the development machine to measure it with)
 EXPANSION_WEIGHT = 0.5

@@ -102,15 +102,20 @@ def segmenter_name() -> str:
     return _segmenter()[0]
 
 
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return _stemmer().stemWord(word)  # a document repeats its words: stemming each once is most of the saving
+
+
 def _plain(word: str, out: list[str]) -> None:
     """A lower-cased word with no joiners: stop-filter, drop single ASCII characters, stem."""
     if word in EN_STOP_WORDS or (len(word) == 1 and word.isascii()):
         return
-    out.append(_stemmer().stemWord(word))
+    out.append(_stem(word))
     if not word.isalpha() and not word.isdigit():  # python3 -> also python; sha256 -> sha, 256
         subs = _SUBRUN.findall(word)
         if len(subs) > 1 or (subs and subs[0] != word):
-            out.extend(_stemmer().stemWord(s) for s in subs if s not in EN_STOP_WORDS)
+            out.extend(_stem(s) for s in subs if s not in EN_STOP_WORDS)
 
 
 def _code_run(run: str, out: list[str]) -> None:

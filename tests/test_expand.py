@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import build_kb
 
 from docqa.config import Settings
 from docqa.errors import ConfigError, ModelError
 from docqa.expand import clean_expansion, expand_query, expansion_kinds, expansion_prompt
 from docqa.generate.base import Generator
-
-from conftest import build_kb
 
 EN_TAR = """# Archives
 

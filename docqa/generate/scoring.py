@@ -29,9 +29,17 @@ from dataclasses import dataclass
 
 from ..text import CJK
 from ..tokenize import is_code_term, tokenize_query
-from .units import TERMINAL, Unit
+from .units import TERMINAL, Unit, split_units
 
-__all__ = ["Candidate", "Similarity", "clip_to_clauses", "companions", "question_terms", "score_units"]
+__all__ = [
+    "Candidate",
+    "Similarity",
+    "clip_to_clauses",
+    "companions",
+    "passage_evidence",
+    "question_terms",
+    "score_units",
+]
 
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 
@@ -198,7 +206,11 @@ def _dense(question: str, texts: Sequence[str], similarity: Similarity | None) -
     return [max(0.0, float(s)) for s in sims] if len(sims) == len(texts) else None
 
 
-def score_units(question: str, units_by_passage: list[list[Unit]], similarity: Similarity | None) -> list[Candidate]:
+def score_units(
+    question: str, units_by_passage: list[list[Unit]], similarity: Similarity | None, *, rank_prior: bool = True
+) -> list[Candidate]:
+    """Every unit of every passage as a Candidate with its `own` and final `score` (see the module docstring);
+    `rank_prior=False` leaves out the prior for the passage's retrieval rank (passage_evidence)."""
     cands = [Candidate(p, i, u) for p, units in enumerate(units_by_passage) for i, u in enumerate(units)]
     if not cands:
         return []
@@ -226,7 +238,7 @@ def score_units(question: str, units_by_passage: list[list[Unit]], similarity: S
             elif nxt is not None and nxt.kind == "command" and not c.unit.text.endswith(TERMINAL):
                 s *= _INTRO_BONUS  # "run:" + a command is what a how-to question wants
         c.own = s
-    _lend_and_prior(cands)
+    _lend_and_prior(cands, rank_prior)
     if _HAS_CJK.search(question):
         _favour_new_names(question, cands)
     return cands
@@ -245,9 +257,26 @@ def _favour_new_names(question: str, cands: list[Candidate]) -> None:
             c.score *= 1 + _NAMES_NEW
 
 
-def _lend_and_prior(cands: list[Candidate]) -> None:
+def passage_evidence(question: str, passages: Sequence[str]) -> list[float]:
+    """Per passage, the score of its best answer unit (no retrieval-rank prior): how well its best sentence,
+    command or option entry answers `question`, rather than how many of the question's words the whole passage
+    has. docqa/retrieve.py re-ranks the top fused hits by it.
+
+        >>> passages = ["-v, --invert-match\\n   select non-matching lines.\\n-c, --count\\n   print a count.",
+        ...             "grep searches files for lines. It prints lines, and counts lines, or whole lines."]
+        >>> [round(x, 2) for x in passage_evidence("How do I print only a count of matching lines?", passages)]
+        [1.86, 0.68]
+    """
+    best = [0.0] * len(passages)
+    for c in score_units(question, [split_units(p or "") for p in passages], None, rank_prior=False):
+        if c.unit.kind != "heading" and c.score > best[c.passage]:
+            best[c.passage] = c.score
+    return best
+
+
+def _lend_and_prior(cands: list[Candidate], rank_prior: bool = True) -> None:
     """Set each candidate's `score`: headings and FAQ questions lend their match to the units under them, and
-    every matching unit gets its passage's retrieval-rank prior."""
+    (with `rank_prior`) every matching unit gets its passage's retrieval-rank prior."""
     by_p: dict[int, list[Candidate]] = {}
     for c in cands:
         by_p.setdefault(c.passage, []).append(c)
@@ -260,7 +289,7 @@ def _lend_and_prior(cands: list[Candidate]) -> None:
                 continue
             c.score = c.own + _LEND * lend
             lend *= 0.6
-        prior = _RANK_PRIOR[p] if p < len(_RANK_PRIOR) else 0.0
+        prior = _RANK_PRIOR[p] if rank_prior and p < len(_RANK_PRIOR) else 0.0
         for c in cs:
             if c.score > 0:
                 c.score += prior

@@ -15,6 +15,7 @@ PDF's wrapped prose line can look like a command and vice versa.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ def looks_like_code_line(s: str, prev: str | None, nxt: str | None) -> bool:
     return prev is None or prev.rstrip().endswith((":", "：")) or not prev.strip() or len(words) <= 6
 
 
+_END_CHAR = re.compile(r"[。！？；!?.]")  # the characters _sentence_end can end a sentence at
+
+
 def _sentence_end(text: str, start: int, i: int) -> int | None:
     """Where a sentence ending at `text[i]` stops (after closing quotes), or None when `text[i]` ends none."""
     ch, n = text[i], len(text)
@@ -148,7 +152,9 @@ def _sentence_spans(text: str, base: int) -> list[tuple[int, int]]:
     version, dotted name, URL or abbreviation, since those have no space after their dot."""
     spans = []
     start = i = 0
-    while i < len(text):
+    # only a punctuation mark can end a sentence: jump from one to the next (a passage has thousands of characters)
+    while (m := _END_CHAR.search(text, i)) is not None:
+        i = m.start()
         cut = _sentence_end(text, start, i)
         if cut is None:
             i += 1
@@ -174,8 +180,16 @@ def split_units(text: str) -> list[Unit]:
      ('sentence', '见 os.path.join 和 3.4.1 版。')]
     >>> split_units("| option | meaning |\\n|---|---|\\n| -x | extract |")[-1].text
     'option: -x; meaning: extract'
+
+    The last passages' units are cached: retrieval's evidence re-ranking and the extractive answer split the
+    same passages of one question.
     """
-    return _Splitter(text).run()
+    return list(_split_cached(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _split_cached(text: str) -> tuple[Unit, ...]:
+    return tuple(_Splitter(text).run())
 
 
 class _Splitter:
