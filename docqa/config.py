@@ -101,9 +101,9 @@ class Settings:
     min_relevance: float = 0.0  # 0 = automatic rule (see retrieve.py)
     neighbours: int = 0
     reranker: str = ""
-    # query expansion for retrieval by the chat model (docqa/expand.py): "auto" = keywords,translate when a
-    # generation is cheap (a GPU or a served model), "off", or a comma-separated list of QUERY_EXPANSIONS
-    query_expansion: str = "auto"
+    # query expansion for retrieval by the chat model (docqa/expand.py): "off" (default: not measured here),
+    # "auto" = keywords,translate when a generation is cheap (a GPU or a served model), or a list of QUERY_EXPANSIONS
+    query_expansion: str = "off"
     # generation
     llm: str = "auto"  # auto | demo | chatglm2 path/id | openai
     llm_url: str = ""

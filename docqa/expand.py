@@ -7,7 +7,7 @@ A capable chat model can: it knows the likely vocabulary, the command names, the
 
     >>> from docqa.config import Settings
     >>> from docqa.generate.extractive import ExtractiveAnswerer
-    >>> expansion_kinds(Settings(), ExtractiveAnswerer())       # no model to ask
+    >>> expansion_kinds(Settings(query_expansion="auto"), ExtractiveAnswerer())  # no model to ask
     ()
     >>> clean_expansion("Keywords: cron, run-parts, /etc/cron.daily\\n", "Why does my cron job not run?", "keywords")
     'cron, run-parts, /etc/cron.daily'
@@ -22,9 +22,10 @@ Kinds (the `query_expansion` setting, comma-separated; config.QUERY_EXPANSIONS):
   * hyde      -- a short hypothetical answer passage (Gao et al., 2022, "Precise Zero-Shot Dense Retrieval
     without Relevance Labels"): right or wrong, it is written in the documents' words.
 
-`query_expansion = "auto"` (the default) asks for keywords and a translation only when one more short generation
-is cheap (`Generator.cheap_generation`: a model on a GPU, or a served one); a local model on the CPU would spend
-tens of seconds on it, so there it stays off unless named. docqa/retrieve.py searches each expansion like the
+It is off by default: nothing on the development machine could measure whether it helps (see Limits), and a
+default must have earned its place. `query_expansion = "auto"` asks for keywords and a translation only when one
+more short generation is cheap (`Generator.cheap_generation`: a model on a GPU, or a served one; a local model on
+the CPU would spend tens of seconds); naming the kinds ("keywords,translate,hyde") asks for them anyway. docqa/retrieve.py searches each expansion like the
 question (dense + BM25) and fuses its lists at `fusion.EXPANSION_WEIGHT` of the question's own weights, so where the
 question's own lists agree they stay ahead.
 

@@ -81,9 +81,11 @@ def test_kinds_follow_the_setting_and_the_model():
     from docqa.generate.extractive import ExtractiveAnswerer
 
     cheap, cpu = Scripted({}, cheap=True), Scripted({}, cheap=False)
-    assert expansion_kinds(Settings(), ExtractiveAnswerer()) == ()  # cannot follow an instruction
-    assert expansion_kinds(Settings(), cheap) == ("keywords", "translate")
-    assert expansion_kinds(Settings(), cpu) == ()  # auto: a local CPU model would spend tens of seconds
+    auto = Settings(query_expansion="auto")
+    assert expansion_kinds(Settings(), cheap) == ()  # off by default: not measured
+    assert expansion_kinds(auto, ExtractiveAnswerer()) == ()  # cannot follow an instruction
+    assert expansion_kinds(auto, cheap) == ("keywords", "translate")
+    assert expansion_kinds(auto, cpu) == ()  # a local CPU model would spend tens of seconds
     assert expansion_kinds(Settings(query_expansion="hyde"), cpu) == ("hyde",)  # named: on anyway
     assert expansion_kinds(Settings(query_expansion="off"), cheap) == ()
     with pytest.raises(ConfigError, match="query_expansion"):

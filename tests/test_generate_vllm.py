@@ -40,6 +40,19 @@ def kb(docs_dir, tmp_path, monkeypatch):
     return s.index
 
 
+def test_ask_expand_sends_the_expansion_prompts_first_and_reports_what_it_searched(vllm, kb):
+    vllm.pieces = ["how to make a virtual environment"]  # every request gets this one line back
+    q = "怎么创建虚拟环境？"
+    args = ["ask", q, "--index", str(kb), "--llm-url", vllm.url, "--no-abstain", "--expand", "translate", "--json"]
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    obj = json.loads(r.stdout)
+    assert obj["query_expansions"] == ["how to make a virtual environment"]
+    posts = [x["body"]["messages"][-1]["content"] for x in vllm.requests if x["method"] == "POST"]
+    assert len(posts) == 2 and "翻译成英文" in posts[0] and q in posts[0]  # the expansion, then the answer
+    assert q in posts[1] and "tutorial-env" in posts[1]  # the answer prompt: the question and its passages
+    assert obj["timings"]["expansion"] <= obj["timings"]["retrieval"]
+
+
 def test_ask_with_llm_url_streams_a_cited_answer_from_the_server(vllm, kb, monkeypatch):
     monkeypatch.setenv("DOCQA_MAX_NEW_TOKENS", "64")
     runner = CliRunner()

@@ -70,8 +70,8 @@ ExpandOpt = Annotated[
     str | None,
     typer.Option(
         "--expand",
-        help="Query expansion by the chat model before retrieval: auto (only on a GPU or a served model) | off | "
-        "keywords,translate,hyde",
+        help="Query expansion by the chat model before retrieval: off (default) | auto (only on a GPU or a served "
+        "model) | keywords,translate,hyde",
     ),
 ]
 NoAbstainOpt = Annotated[bool, typer.Option("--no-abstain", help="Answer even when nothing relevant was found")]
