@@ -44,9 +44,11 @@ Everything here is pure: no knowledge base, no model.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Hashable, Sequence
+from functools import lru_cache
 from typing import Protocol, TypeVar
 
 from .config import Settings
@@ -227,15 +229,40 @@ def shingles(text: str) -> set[str]:
     >>> sorted(shingles("A-b c, D e!"))
     ['abcde']
     """
+    return set(_shingles(text))  # a copy: callers grow merged hits' sets
+
+
+@lru_cache(maxsize=4096)
+def _shingles(text: str) -> frozenset[str]:
+    # every search builds dozens of hits from chunks the previous searches mostly saw too
     s = _NON_WORD.sub("", text.casefold())
-    return {s[i : i + _SHINGLE] for i in range(max(len(s) - _SHINGLE + 1, 1))}
+    return frozenset(s[i : i + _SHINGLE] for i in range(max(len(s) - _SHINGLE + 1, 1)))
 
 
 def is_near_duplicate(text_shingles: set[str], taken: Sequence[set[str]]) -> bool:
     """At least DUPLICATE_CONTAINMENT (80%) of a passage's `shingles` are in those of one taken passage.
 
-    Containment, not similarity: a short paragraph repeated inside a longer chunk counts as a repeat."""
-    return any(len(text_shingles & t) >= DUPLICATE_CONTAINMENT * len(text_shingles) for t in taken)
+    Containment, not similarity: a short paragraph repeated inside a longer chunk counts as a repeat.
+
+        >>> is_near_duplicate(shingles("abcdefghij"), [shingles("xxabcdefghijyy")]), is_near_duplicate(
+        ...     shingles("abcdefghij"), [shingles("abcdeXXXXX")])
+        (True, False)
+    """
+    n = len(text_shingles)
+    need = DUPLICATE_CONTAINMENT * n
+    allowed = n - math.ceil(need)  # shingles that may be missing from a passage that repeats this one
+    for t in taken:
+        if len(t) < need:
+            continue  # too small to hold 80% of them
+        missing = 0
+        for s in text_shingles:  # stop at the first miss too many: most pairs are not repeats
+            if s not in t:
+                missing += 1
+                if missing > allowed:
+                    break
+        else:
+            return True
+    return False
 
 
 # -- merging adjacent fragments ------------------------------------------------------------------------------------
