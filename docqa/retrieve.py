@@ -73,6 +73,8 @@ Tried and dropped (on top of 2, or of 2 + 3):
   (en .308 -> .385, zh .133 -> .267 on report) but all-question hit@1 fell (zh/tune .378 -> .280); inserting
   the bridged passages at fixed places (2/5/8, 4, 5/7/9, 9/14/19) lowered tune hit@5 too.
 
+- (round 4, on top of 4) a same-language preference (an RRF bonus list of the hits in the question's language, at
+  0.2-2): Chinese same-language hit@5 tune .864 -> .833-.848, report .800 -> .769, cross-language questions to 0;
 - (round 3, raw chunks before merging, zh tune / report) lexical pseudo-relevance feedback (RM3-style: the
   top 3-5 BM25 chunks' 5-10 best tf-idf terms added as a second BM25 query, RRF-fused at 0.5 / 1): hit@5
   .573 / .562 -> .537-.561 / .525-.562, hit@20 flat or lower; dropping query bigrams that contain a question
