@@ -15,7 +15,9 @@ Each line is a JSON object with a `question` and at least one way to judge a ret
 - `"keywords": [...]`: the passage holds every keyword (case-insensitive; runs of whitespace count as one space);
 - `"source": "file name"` and optionally `"page": n`: the passage comes from a file with that base name (and that
   page). When both keywords and a source are given, keywords decide, because they pin the answer itself while a
-  chunk that starts on the previous page would fail a page check; `judge_by="all"` requires both.
+  chunk that starts on the previous page would fail a page check; `judge_by="all"` requires both;
+  `judge_by="first"` asks only for the first keyword (the answer's command or option: how the held-out questions
+  of the project's issues are judged; the others pin the passage that explains it).
 
 `lang` ("zh" | "en") groups the scores; without it the question's language is detected. `split` (e.g. "tune" /
 "report") adds a group per language and half, so a rule tuned on one half is judged on the other. A question's rank is that
@@ -112,11 +114,17 @@ def _parse_line(p: Path, n: int, line: str) -> QAItem:
     return QAItem(q.strip(), list(kw), source, page, lang, n, split)
 
 
+#: how `judge` decides that a passage answers (see the module docstring)
+JUDGES = ("auto", "keywords", "first", "source", "all")
+
+
 def judge(item: QAItem, hit: Hit, judge_by: str = "auto") -> bool:
     """Whether `hit` answers `item` (see the module docstring for the rules)."""
     kw_ok = src_ok = None
     if item.keywords:
         text = normalise(hit.text)
+        if judge_by == "first":
+            return normalise(item.keywords[0]) in text
         kw_ok = all(normalise(k) in text for k in item.keywords)
     if item.source is not None:
         src_ok = PurePath(hit.source).name == PurePath(item.source).name and (
@@ -269,8 +277,8 @@ def run_eval(
     """Load the QA file, open the knowledge base at `settings.index` once, and evaluate every mode; with
     `expand` (comma-separated QUERY_EXPANSIONS kinds) also every mode with the expansions that the chat model
     named by `llm` (as `docqa eval --answers --llm` names one) writes for each question."""
-    if judge_by not in ("auto", "keywords", "source", "all"):
-        raise ConfigError(f"judge_by must be auto, keywords, source or all, got {judge_by!r}")
+    if judge_by not in JUDGES:
+        raise ConfigError(f"judge_by must be one of {', '.join(JUDGES)}, got {judge_by!r}")
     wanted = parse_modes(modes)
     items = load_qa(path)
     from .retrieve import open_retriever

@@ -28,6 +28,9 @@ def test_keyword_rule_needs_every_keyword_case_and_space_insensitive():
     it = QAItem("q", keywords=["apt-mark hold", "Holding back"])
     assert judge(it, hit("Use APT-MARK   hold foo.\nThis is holding back packages."))
     assert not judge(it, hit("Use apt-mark hold foo."))  # one keyword missing
+    # the held-out rule: the answer's command or option (the first keyword) is enough
+    assert judge(it, hit("Use apt-mark hold foo."), judge_by="first")
+    assert not judge(it, hit("This is holding back packages."), judge_by="first")
 
 
 def test_source_rule_basename_and_page():

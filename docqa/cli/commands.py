@@ -232,6 +232,14 @@ def eval_command(
     adapter: Annotated[
         str | None, typer.Option("--adapter", help="With --answers: a fine-tuned adapter for the ChatGLM answerers")
     ] = None,
+    judge_by: Annotated[
+        str,
+        typer.Option(
+            "--judge",
+            help="Retrieval: a hit holds every keyword (auto/keywords), only the first (first: the answer's "
+            "command or option), comes from the source file (source), or all of these (all)",
+        ),
+    ] = "auto",
     expand: Annotated[
         str,
         typer.Option(
@@ -258,7 +266,7 @@ def eval_command(
         return
     from ..evaluate import run_eval
 
-    report = run_eval(qa_file, load_settings(index=index, adapter=adapter), mode, expand=expand, llm=llm)
+    report = run_eval(qa_file, load_settings(index=index, adapter=adapter), mode, judge_by, expand=expand, llm=llm)
     if as_json:
         print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)
     else:
