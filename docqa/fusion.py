@@ -232,9 +232,10 @@ def shingles(text: str) -> set[str]:
     return set(_shingles(text))  # a copy: callers grow merged hits' sets
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)
 def _shingles(text: str) -> frozenset[str]:
-    # every search builds dozens of hits from chunks the previous searches mostly saw too
+    # every search builds dozens of hits from chunks the previous searches mostly saw too; a chunk's set is ~100 KB
+    # (a 5-gram per character), so the cache holds a few searches' worth, not the knowledge base
     s = _NON_WORD.sub("", text.casefold())
     return frozenset(s[i : i + _SHINGLE] for i in range(max(len(s) - _SHINGLE + 1, 1)))
 
