@@ -28,7 +28,7 @@ one question is 1.0-1.25 points.
     3. + Chinese bigrams weigh 0.75     .449/.827/.888 | .464/.742/.866 | .378/.671/.744 | .375/.637/.750
     (re-measured after the HTML loader change) .449/.827/.878 | .474/.742/.845 | .390/.671/.744 | .362/.637/.750
     4a. + 40 merged hits always built   .449/.837/.898 | .485/.763/.866 | .390/.671/.756 | .375/.650/.787
-    4b. + evidence re-ranking           .449/.857/.898 | .515/.794/.866 | .378/.695/.756 | .400/.675/.787
+    4b. + evidence re-ranking           .459/.857/.898 | .515/.794/.866 | .378/.695/.756 | .400/.675/.787
 
 1. The dense pseudo-relevance-feedback re-ordering of Chinese questions (centroid of the top BM25 passages'
    vectors) is gone: it lowered Chinese hit@5 on unseen questions (a held-out 250-page manual, and here).
@@ -128,9 +128,9 @@ from .tokenize import tokenize_query
 # check set unchanged).
 CODE_TERM_BOOST = 3.0
 # Chinese recall bigrams (character pairs jieba did not emit as a word) weigh 0.75 of their idf (rule 3 above).
+BIGRAM_WEIGHT = 0.75
 # How many merged hits every search builds before cutting to k (rule 4 above).
 MERGE_DEPTH = 40
-BIGRAM_WEIGHT = 0.75
 #: relevance thresholds (see Retriever.is_relevant)
 DENSE_MIN = 0.32
 KNOWN_MIN = 0.4
@@ -196,10 +196,11 @@ class Retriever:
             raise StoreCorruptError(f"the knowledge base database is damaged ({e}); see `docqa verify`") from None
         if deep and len(hits) > 1:
             t = time.perf_counter()
-            evidence = passage_evidence(query, [h.text for h in hits])
-            for h, e in zip(hits, evidence):
+            head = hits[:EVIDENCE_DEPTH]  # only these are re-ranked: scoring the rest would be wasted
+            evidence = passage_evidence(query, [h.text for h in head])
+            for h, e in zip(head, evidence):
                 h.scores["evidence"] = e
-            hits = [hits[i] for i in evidence_order(evidence)]
+            hits = [head[i] for i in evidence_order(evidence)] + hits[EVIDENCE_DEPTH:]
             timings["evidence"] = time.perf_counter() - t
         if self.reranker is not None and hits:
             t = time.perf_counter()

@@ -26,7 +26,7 @@ How it works:
 
 Measured (`docqa eval corpora/dev_qa.jsonl --answers --llm extractive` over corpora/sample + corpora/dev, default
 retrieval, no similarity: the factory builds it without one; "key" = the answer holds the first keyword), tune /
-report: en 0.49 / 0.44, zh 0.60 / 0.56 at a median of ~590 characters, 20-40 ms on 2 cores
+report: en 0.49 / 0.44, zh 0.59 / 0.56 at a median of ~590 characters, 20-40 ms on 2 cores
 (README "Answers" has the table and the history of each rule). Similarity at weight 0.3 / 0.5 / 0.7 (English):
 tune +5 / +4 / +7 points, report +2 / +1 / -1, at ~2 s of encoding per question: not worth it.
 
