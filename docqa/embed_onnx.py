@@ -44,6 +44,7 @@ import numpy as np
 
 from .embed import Embedder, model_languages
 from .errors import ConfigError, ModelError
+from .store.files import sha256_file
 
 #: bump when the export or quantisation changes: a new recipe gets a new cache file
 RECIPE = "1:opset17:eager:qint8-per-channel"
@@ -118,14 +119,6 @@ def cache_key(model_dir: Path) -> str:
                     h.update(block)
     if not found:
         raise ConfigError(f"{model_dir} holds no model.safetensors or pytorch_model.bin to export to ONNX")
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -228,14 +221,14 @@ class OnnxInt8Embedder(Embedder):
         """The verified int8 file, exported (again) when it is missing or fails its checksum."""
         path = self.cached_file()
         meta = path.with_suffix(".json")
-        if path.is_file() and _read_json(meta).get("sha256") == _file_sha256(path):
+        if path.is_file() and _read_json(meta).get("sha256") == sha256_file(path):
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
         os.close(fd)
         try:
             export_int8(self.model_dir, Path(tmp))
-            digest = _file_sha256(Path(tmp))
+            digest = sha256_file(Path(tmp))
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # two processes exporting at once both write whole files; the last one wins

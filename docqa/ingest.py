@@ -19,7 +19,6 @@ so a single file larger than the cap (at most max_file_mb) is held whole.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import stat
@@ -37,6 +36,7 @@ from .documents import Chunk, Document
 from .embed import Embedder, get_embedder, kb_model_name, split_model_name
 from .errors import DocQAError, LoadError, ModelMismatchError
 from .store import MANIFEST_NAME, DocumentInfo, KnowledgeBase, index_text, store_options
+from .store.files import sha256_file
 
 Progress = Callable[..., None]
 
@@ -179,14 +179,6 @@ def collect_files(
     # the same file named twice (a folder and a file in it) is taken once
     unique = {str(f): (f, r) for f, r in files}
     return list(unique.values()), skipped, roots
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fit_header(embedder: Embedder, section: str, n_tokens: int) -> str:

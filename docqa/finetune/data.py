@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from docqa.errors import LoadError
+from docqa.store.files import sha256_file
 
 IGNORE = -100
 _FORMATS = (
@@ -203,11 +204,7 @@ def read_records(path: str | Path) -> list[Record]:
 
 def data_hash(path: str | Path) -> str:
     """sha256 of the data file's bytes (recorded in adapter.json; a resumed run must see the same data)."""
-    h = hashlib.sha256()
-    with open(Path(path).expanduser(), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(Path(path).expanduser())
 
 
 def split(records: Sequence[Record], eval_fraction: float = 0.1) -> tuple[list[Record], list[Record]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,6 +24,13 @@ from ..errors import StoreError, StoreLockedError
 DB_NAME = "kb.sqlite"
 LOCK_NAME = "lock"
 REBUILD_HINT = "run `docqa rebuild` to restore the indexes from the database (or `docqa verify` for details)"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (ingest's change detection, the ONNX export check, a
+    fine-tuning data file's identity)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

@@ -89,3 +89,13 @@ def test_a_kb_folder_holds_only_known_formats_and_no_pickle(tmp_path):
     assert {"sqlite", "faiss", "json", "pid"} <= set(kinds.values())
     for p in path.iterdir():
         assert not p.read_bytes().startswith(b"\x80"), p  # pickle protocol 2+ header, in case a kind above widens
+
+
+def test_sha256_file_reads_the_whole_file_in_blocks(tmp_path):
+    import hashlib
+
+    from docqa.store.files import sha256_file
+
+    data = bytes(range(256)) * 9000  # 2.3 MB: more than one read block
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
