@@ -46,7 +46,8 @@ from .answer import ask as ask_question
 from .config import Settings
 from .documents import Answer
 from .errors import ConfigError, DocQAError
-from .generate.base import GenerationOptions, Generator
+from .expand import greedy_reply, reply_line
+from .generate.base import Generator
 from .prompt import ChatContext, PromptPlan, build_chat_turn
 from .store import write_atomic
 from .text import EN_FILLER_WORDS, EN_STOP_WORDS, HAN, ZH_FILLER_WORDS, ZH_STOP_WORDS, detect_language
@@ -133,16 +134,9 @@ def llm_rewrite(question: str, turns: list[tuple[str, str]], generator: Generato
     q_word, a_word = ("问", "答") if lang == "zh" else ("Q", "A")
     conversation = "\n".join(f"{q_word}: {_clip(q, 200)}\n{a_word}: {_clip(a, 300)}" for q, a in turns[-3:])
     prompt = _REWRITE[lang].format(conversation=conversation, question=question)
-    opts = GenerationOptions(max_new_tokens=REWRITE_TOKENS, temperature=0.0, repetition_penalty=1.0)
-    try:
-        raw = generator.generate([{"role": "user", "content": prompt}], opts)
-    except DocQAError:
-        return None
-    lines = [ln for ln in raw.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    text = _REWRITE_PREFIX.sub("", lines[0]).strip().strip("\"'“”「」").strip()
-    if not text or len(text) > max(200, 4 * len(question)) or len(lines) > 3:
+    raw = greedy_reply(generator, [{"role": "user", "content": prompt}], REWRITE_TOKENS)
+    text = reply_line(raw, _REWRITE_PREFIX) if raw is not None else None
+    if not text or len(text) > max(200, 4 * len(question)):
         return None
     return text
 

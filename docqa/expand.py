@@ -48,7 +48,7 @@ from .errors import DocQAError
 from .generate.base import GenerationOptions, Generator
 from .text import detect_language
 
-__all__ = ["clean_expansion", "expand_query", "expansion_kinds", "expansion_prompt"]
+__all__ = ["clean_expansion", "expand_query", "expansion_kinds", "expansion_prompt", "greedy_reply", "reply_line"]
 
 #: new tokens per expansion: keywords and a translation are one line; a hypothetical passage a few sentences
 MAX_TOKENS = {"keywords": 48, "translate": 96, "hyde": 160}
@@ -90,6 +90,32 @@ _LABEL = re.compile(
 )
 
 
+_QUOTES = "\"'“”「」"
+
+
+def greedy_reply(generator: Generator, messages: list[dict[str, str]], max_new_tokens: int) -> str | None:
+    """The model's short greedy answer to `messages`, or None when generation failed (the caller then does
+    without it). Shared by query expansion and chat's follow-up rewrite."""
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0)
+    try:
+        return generator.generate(messages, opts)
+    except DocQAError:
+        return None
+
+
+def reply_line(raw: str, label: re.Pattern[str], max_lines: int = 3) -> str | None:
+    """The first line of a one-line reply, the model's `label` ("Keywords:") and quotes removed; None when the
+    reply is empty or runs over `max_lines` lines (a list or an essay: not what was asked).
+
+        >>> reply_line('Keywords: "tar, gzip"\\n', _LABEL)
+        'tar, gzip'
+    """
+    lines = [ln for ln in raw.strip().splitlines() if ln.strip()]
+    if not lines or len(lines) > max_lines:
+        return None
+    return label.sub("", lines[0], count=1).strip().strip(_QUOTES).strip()
+
+
 def expansion_kinds(settings: Settings, generator: Generator) -> tuple[str, ...]:
     """The expansions to ask `generator` for under `settings.query_expansion` (() = none)."""
     value = settings.query_expansion.strip()
@@ -109,18 +135,14 @@ def expansion_prompt(question: str, kind: str) -> list[dict[str, str]]:
 def clean_expansion(raw: str, question: str, kind: str) -> str | None:
     """The search query in the model's output `raw`, or None when it is unusable (empty, the question again,
     too long, or more lines than the kind allows)."""
-    lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
     if kind == "hyde":
-        text = " ".join(_LABEL.sub("", ln, count=1) for ln in lines[:6])
+        lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
+        text = " ".join(_LABEL.sub("", ln, count=1) for ln in lines[:6]).strip().strip(_QUOTES)
         limit = 800
     else:
-        if len(lines) > 3:
-            return None  # a list or an essay: the model did not do what it was asked
-        text = _LABEL.sub("", lines[0], count=1)
+        text = reply_line(raw, _LABEL) or ""
         limit = max(200, 4 * len(question))
-    text = " ".join(text.strip().strip("\"'“”「」").split())
+    text = " ".join(text.split())
     if not text or len(text) > limit or text.casefold() == question.strip().casefold():
         return None
     return text
@@ -130,10 +152,8 @@ def expand_query(question: str, generator: Generator, kinds: Sequence[str]) -> l
     """One search query per kind in `kinds` that the model answered usably, greedy and short."""
     out: list[str] = []
     for kind in kinds:
-        opts = GenerationOptions(max_new_tokens=MAX_TOKENS[kind], temperature=0.0, repetition_penalty=1.0)
-        try:
-            raw = generator.generate(expansion_prompt(question, kind), opts)
-        except DocQAError:
+        raw = greedy_reply(generator, expansion_prompt(question, kind), MAX_TOKENS[kind])
+        if raw is None:
             continue  # the question alone still searches
         text = clean_expansion(raw, question, kind)
         if text and text not in out:
