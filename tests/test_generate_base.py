@@ -224,3 +224,37 @@ def test_degenerate_loops_are_detected():
     assert not is_degenerate("The venv module creates virtual environments [1].")
     assert not is_degenerate("1. 2. 3. 4. 5. 6. 7. 8. 9.")
     assert not is_degenerate("ab" * 7)  # seven repeats is still allowed
+
+
+class _CountingSession:
+    """A DecodeSession stand-in that records what the sampling loop asked of it."""
+
+    def __init__(self):
+        self.prefills = self.releases = 0
+
+    def prefill(self, ids):
+        import torch
+
+        self.prefills += 1
+        return torch.tensor([0.0, 5.0, 0.0]), 0  # greedy picks token 1
+
+    def step(self, token):
+        import torch
+
+        return torch.tensor([0.0, 0.0, 5.0])  # then token 2, the end
+
+    def release(self):
+        self.releases += 1
+
+
+@pytest.mark.parametrize("max_new, cancelled, want", [(0, False, []), (5, True, []), (5, False, [1])])
+def test_a_session_is_released_exactly_once_however_sampling_ends(max_new, cancelled, want):
+    from docqa.generate.base import _sample_session
+
+    cancel = threading.Event()
+    if cancelled:
+        cancel.set()
+    session = _CountingSession()
+    opts = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0, cancel=cancel)
+    assert list(_sample_session(session, [1, 2], opts, eos_ids=[2])) == want
+    assert session.releases == 1 and session.prefills == (1 if want else 0)

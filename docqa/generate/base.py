@@ -230,13 +230,9 @@ def _sample_session(
     eos = set(int(e) for e in eos_ids)
     gen = torch.Generator(device="cpu").manual_seed(options.seed) if options.seed is not None else None
     seen = torch.tensor(list(dict.fromkeys(int(i) for i in input_ids)), dtype=torch.long)
-    if options.max_new_tokens <= 0 or (options.cancel is not None and options.cancel.is_set()):
-        release = getattr(session, "release", None)
-        if release is not None:
-            release()
-        return
     try:
-        yield from _session_loop(session, input_ids, options, eos, seen, gen)
+        if options.max_new_tokens > 0 and not (options.cancel is not None and options.cancel.is_set()):
+            yield from _session_loop(session, input_ids, options, eos, seen, gen)
     finally:
         release = getattr(session, "release", None)
         if release is not None:
