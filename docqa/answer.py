@@ -10,8 +10,8 @@ the budgeted prompt; the extractive answerer (the offline default) quotes the pa
 Retrieval asks for `CANDIDATES` passages (or `settings.max_passages` when set) and the prompt keeps as many as the
 token budget holds (docqa/prompt.py). When `retriever.is_relevant` says nothing found is relevant, `ask` abstains
 without calling the model (unless `abstain=False`), with a message in the question's language. Where the
-`query_expansion` setting asks for it (docqa/expand.py; by default only with a model on a GPU or a served one),
-the model first writes extra search queries, which retrieval fuses in (`Answer.query_expansions`).
+`query_expansion` setting asks for it (docqa/expand.py; off by default, `auto` only with a model on a GPU or a
+served one), the model first writes extra search queries, which retrieval fuses in (`Answer.query_expansions`).
 
 Citations `[1]`, `[1,2]`, `[1][3]`, `[2-4]`, `【1】`, `【1，2】` are parsed from the text after generation; numbers
 that point to no passage in the prompt go to `Answer.invalid_citations` and are never shown as sources.
