@@ -119,7 +119,16 @@ def ask(
     kinds = expansion_kinds(settings, generator)
     expansions = expand_query(query, generator, kinds) if kinds else []
     t_expand = time.perf_counter() - t0
-    hits = retriever.search(query, k=k, mode=settings.mode, expansions=expansions)
+    # a Chinese question's English gloss finds English passages: of use to a model, which reads them, not to the
+    # extractive answerer, which quotes only units that share the question's words (docqa/lexicon.py)
+    hits = retriever.search(
+        query,
+        k=k,
+        mode=settings.mode,
+        expansions=expansions,
+        cross_language=getattr(generator, "reads_other_language", True),
+    )
+    searched = list(getattr(hits, "expansions", None) or expansions)
     t_retrieval = time.perf_counter() - t0
     answer = Answer(
         question=question,
@@ -127,9 +136,9 @@ def ask(
         passages=[],
         model=getattr(generator, "name", ""),
         rewritten_query=rewritten if rewritten and rewritten != question else None,
-        query_expansions=expansions,
+        query_expansions=searched,
     )
-    if abstain and not retriever.is_relevant(query, hits, expansions):
+    if abstain and not retriever.is_relevant(query, hits, searched):
         return _abstain(answer, on_text, {"retrieval": t_retrieval, "total": time.perf_counter() - t0})
 
     t1 = time.perf_counter()

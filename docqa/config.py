@@ -104,6 +104,9 @@ class Settings:
     # query expansion for retrieval by the chat model (docqa/expand.py): "off" (default: not measured here),
     # "auto" = keywords,translate when a generation is cheap (a GPU or a served model), or a list of QUERY_EXPANSIONS
     query_expansion: str = "off"
+    # a Chinese question also searches its English gloss from a bilingual dictionary (docqa/lexicon.py): finds
+    # English documents; skipped where the knowledge base lacks most of the gloss's words
+    cross_language: bool = True
     # generation
     llm: str = "auto"  # auto | demo | chatglm2 path/id | openai
     llm_url: str = ""

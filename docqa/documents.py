@@ -144,6 +144,9 @@ class SearchResult:
     hits: list[Hit] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     weights: tuple[float, float] | None = None
+    #: the extra queries searched with the question: the chat model's (docqa/expand.py) and a Chinese
+    #: question's English dictionary gloss (docqa/lexicon.py)
+    expansions: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Hit]:
         return iter(self.hits)
@@ -172,7 +175,8 @@ class Answer:
     citations: list[int] = field(default_factory=list)
     invalid_citations: list[int] = field(default_factory=list)
     rewritten_query: str | None = None
-    #: extra search queries the chat model wrote for retrieval (docqa/expand.py); [] when expansion is off
+    #: extra queries retrieval searched: the chat model's (docqa/expand.py), a Chinese question's English
+    #: dictionary gloss (docqa/lexicon.py); [] when there were none
     query_expansions: list[str] = field(default_factory=list)
     abstained: bool = False
     timings: dict[str, float] = field(default_factory=dict)

@@ -62,6 +62,11 @@ ZH_STOP_WORDS = frozenset(
     将 并 且 等 我 你 他 她 它 我们 你们 他们 她们 它们 这个 那个 这些 那些 什么 怎么 怎样 怎么样 如何 为什么
     哪个 哪些 哪里 一个 一些 可以 能够 以及 还是 或者 因为 所以 如果 但是 然后 是否 请问 有没有""".split()
 )
+#: Chinese question words: they say what kind of answer is wanted, never what it is about (answer scoring, glosses)
+ZH_QUESTION_WORDS = frozenset(
+    """怎么 怎样 怎么样 如何 哪个 哪些 哪里 哪儿 什么 为什么 为何 是否 能否 能不能 可不可以 可以 应该 怎么办
+    怎么做 干什么 做什么 请问 有没有 是不是 一下 一个 指的是 的话 要改""".split()
+)
 EN_FILLER_WORDS = frozenset("also else instead one ones please tell know use used using way ways get".split())
 ZH_FILLER_WORDS = frozenset("应该 需要 要 用 使用 有 会 能 在哪 哪儿 多少 几 哪 谁".split())
 

@@ -75,10 +75,28 @@ def _docqa_cache_dir() -> Path:
 @lru_cache(maxsize=1)
 def _segmenter() -> tuple[str, Callable[[str], list[tuple[str, int, int]]]]:
     """(name, fn) where fn(run) -> [(word, start, end)] in jieba "search" mode."""
+    name, tokenize_fn = _jieba()
+    return name, lambda s: tokenize_fn(s, "search")
+
+
+def words(text: str) -> list[str]:
+    """`text` cut into words by jieba's accurate mode (each character in exactly one word; Latin runs whole),
+    for code that wants a question's words rather than index terms (docqa/lexicon.py).
+
+        >>> words("怎样递归复制一个目录？")
+        ['怎样', '递归', '复制', '一个', '目录', '？']
+    """
+    return [w for w, _, _ in _jieba()[1](text, "default")]
+
+
+@lru_cache(maxsize=1)
+def _jieba() -> tuple[str, Callable[[str, str], list[tuple[str, int, int]]]]:
+    """(name, fn) where fn(text, mode) -> [(word, start, end)], mode "search" or "default": rjieba when
+    installed, else jieba."""
     try:
         import rjieba
 
-        return "rjieba", lambda s: rjieba.tokenize(s, mode="search")
+        return "rjieba", lambda s, mode: rjieba.tokenize(s, mode=mode)
     except ImportError:
         pass
     import jieba
@@ -94,7 +112,7 @@ def _segmenter() -> tuple[str, Callable[[str], list[tuple[str, int, int]]]]:
     except OSError:
         pass  # unwritable home: jieba still works, it just re-parses its dictionary (~1 s) each time
     tk.initialize()
-    return "jieba", lambda s: list(tk.tokenize(s, mode="search"))
+    return "jieba", lambda s, mode: list(tk.tokenize(s, mode=mode))
 
 
 def segmenter_name() -> str:

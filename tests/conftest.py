@@ -103,7 +103,7 @@ class OneHitRetriever:
     def __init__(self):
         self.queries: list[str] = []
 
-    def search(self, query, k=None, mode=None, expansions=()):
+    def search(self, query, k=None, mode=None, expansions=(), cross_language=None):
         from docqa.documents import Hit
 
         self.queries.append(query)

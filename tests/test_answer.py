@@ -49,7 +49,7 @@ class FakeRetriever:
     def __init__(self, hits, relevant=True):
         self.hits, self.relevant, self.queries = hits, relevant, []
 
-    def search(self, query, k=None, mode=None, expansions=()):
+    def search(self, query, k=None, mode=None, expansions=(), cross_language=None):
         self.queries.append((query, k, mode))
         return list(self.hits)
 

@@ -50,6 +50,8 @@ def test_batch_search_reads_stdin_jsonl(kb):
     assert [x["question"] for x in lines] == ["怎么解压 tar.gz 文件？", "修改 /etc/fstab 后怎么检查？"]
     assert lines[0]["results"][0]["source"].endswith("tar.txt")
     assert lines[1]["results"][0]["source"].endswith("fstab.txt")
+    # a Chinese question also searches its English dictionary gloss (docqa/lexicon.py), and the output says so
+    assert "decompress" in lines[0]["expansions"][0].split()
 
 
 def test_exit_code_2_when_a_file_failed(docs_dir, tmp_path):

@@ -65,7 +65,7 @@ def test_first_hit_rank_and_evaluate_per_language():
         def __init__(self):
             self.calls = []
 
-        def search(self, q, k=None, mode=None, expansions=()):
+        def search(self, q, k=None, mode=None, expansions=(), cross_language=None):
             self.calls.append((q, k, mode))
             return [hit(t, cid=i) for i, t in enumerate(ranking[q])]
 

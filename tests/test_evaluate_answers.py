@@ -73,7 +73,7 @@ class FakeRetriever:
     def __init__(self, texts):
         self.texts = texts
 
-    def search(self, query, k=None, mode=None, expansions=()):
+    def search(self, query, k=None, mode=None, expansions=(), cross_language=None):
         return [Hit(i + 1, 1.0, f"/d/{i}.txt", t, rank=i + 1) for i, t in enumerate(self.texts[query])]
 
     def is_relevant(self, query, hits, expansions=()):

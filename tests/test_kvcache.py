@@ -174,7 +174,7 @@ class ManyHits:
     def __init__(self):
         self.queries: list[str] = []
 
-    def search(self, query, k=None, mode=None, expansions=()):
+    def search(self, query, k=None, mode=None, expansions=(), cross_language=None):
         self.queries.append(query)
         shared = [
             Hit(chunk_id=i, score=1.0, source=f"/d/s{i}.md", text=f"shared passage {i} about apt") for i in (1, 2)

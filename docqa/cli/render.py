@@ -53,20 +53,20 @@ def short_path(path: str) -> str:
 
 
 def print_hits(console: Console, question: str, hits: Iterable[Hit], as_json: bool, mode: str) -> None:
-    """Ranked passages for `docqa search`: one JSON line per question, or a rule and one block per passage."""
+    """Ranked passages for `docqa search`: one JSON line per question, or a rule and one block per passage.
+    What was searched besides the question (a Chinese question's English gloss) is shown too."""
+    expansions = list(getattr(hits, "expansions", []))
     hits = list(hits)
     if as_json:
-        print(
-            json.dumps(
-                {"question": question, "mode": mode, "results": [h.to_json() for h in hits]}, ensure_ascii=False
-            ),
-            flush=True,
-        )
+        out = {"question": question, "mode": mode, "expansions": expansions, "results": [h.to_json() for h in hits]}
+        print(json.dumps(out, ensure_ascii=False), flush=True)
         return
     if not hits:
         console.print(f"[yellow]no passages found for[/] {escape(question)}")
         return
     console.rule(f"[bold]{escape(question)}")
+    for e in expansions:
+        console.print(f"[dim]searched also: {escape(e)}[/]")
     for h in hits:
         section = f" — {escape(h.section)}" if h.section else ""
         console.print(f"[bold cyan][{h.rank}][/] [green]{escape(h.location)}[/]{section}  [dim]score {h.score:.4f}[/]")

