@@ -32,6 +32,23 @@ def test_senses_about_computers_win_and_question_words_carry_nothing():
     assert gloss_query("怎么办？") == ""  # nothing but question words
 
 
+def test_a_word_of_many_senses_is_glossed_by_the_one_the_documents_use():
+    # 打印: "to affix a seal / to stamp / to print out (with a printer)"
+    assert gloss_word("打印") == ["affix", "seal"]  # no documents to ask: the first sense
+    assert gloss_word("打印", lambda ws: {"print": 12, "stamp": 1}) == ["print"]
+    assert gloss_word("打印", lambda ws: {}) == ["affix", "seal"]  # the documents use none of them
+    assert gloss_word("目录", lambda ws: {"catalog": 50}) == ["directory"]  # a sense about computers always wins
+    asked = []
+    gloss_query("sed 怎么打印第二行？", lambda ws: asked.extend(ws) or {"print": 3})
+    assert "print" in asked and "affix" in asked  # every candidate of every sense is weighed
+
+
+def test_the_retriever_counts_words_as_its_index_stems_them(mixed):
+    df = mixed.document_frequencies(["extract", "extracts", "archive", "the", "zebra"])
+    assert df["extract"] == df["extracts"] == 1 and df["archive"] == 1
+    assert df["the"] == 0 and df["zebra"] == 0  # a stop word, an absent word
+
+
 def test_an_unknown_word_is_glossed_by_the_dictionary_words_inside_it():
     assert "process" in gloss_query("子进程").split()  # 子进程 is not an entry, 进程 is
 
@@ -54,7 +71,8 @@ def test_a_chinese_question_finds_the_english_passage_through_its_gloss(mixed):
     assert "tar -xzf" not in plain[0].text or plain[0].scores["rrf"] == plain[1].scores["rrf"]  # luck, not evidence
     assert not mixed.is_relevant(QUESTION, plain, plain.expansions)  # ask would abstain
     glossed = mixed.search(QUESTION, k=3)
-    assert glossed.expansions == [gloss_query(QUESTION)]
+    # 取出 ("to take out / to extract / to draw out") glossed by the word the documents use
+    assert glossed.expansions == [mixed.gloss(QUESTION)] and "extract" in glossed.expansions[0].split()
     assert "tar -xzf" in glossed[0].text and glossed[0].scores["rrf"] > glossed[1].scores["rrf"]
     assert mixed.is_relevant(QUESTION, glossed, glossed.expansions)
     # English questions are never glossed; the setting turns it off
@@ -86,7 +104,7 @@ def test_ask_glosses_for_a_model_but_not_for_the_extractive_answerer(mixed):
             yield "运行 tar -xzf backup.tar.gz [1]。"
 
     a = ask(QUESTION, mixed, Cites(), mixed.settings)
-    assert a.query_expansions == [gloss_query(QUESTION)] and not a.abstained
+    assert a.query_expansions == [mixed.gloss(QUESTION)] and not a.abstained
     assert "tar -xzf" in a.passages[0].text and a.citations == [1]
     # the extractive answerer quotes only units that share the question's words: English passages found through
     # the gloss would only displace Chinese ones it can quote (see ExtractiveAnswerer.reads_other_language)
