@@ -75,6 +75,18 @@ def docs_dir(tmp_path) -> Path:
     return d
 
 
+#: an English archive how-to, an English venv note, a Chinese network page, and a Chinese question that shares
+#: no word with the English passage that answers it (query expansion and dictionary-gloss tests)
+MIXED_DOCS = {
+    "tar.md": "# Archives\n\nTo extract the files of a compressed archive, run `tar -xzf backup.tar.gz`: -x extracts, "
+    "-z filters through gzip.\n",
+    "venv.md": "# Environments\n\nCreate a virtual environment with `python3 -m venv env` and activate it with "
+    "`source env/bin/activate`.\n",
+    "net.txt": "网络配置\n\n/etc/network/interfaces 描述了网络接口，修改之后运行 ifup eth0 启用接口。\n",
+}
+EXTRACT_QUESTION = "怎么把压缩包里的文件取出来？"
+
+
 @pytest.fixture(scope="session")
 def demo():
     """The real embedded demo model (Gemma 3 270M), loaded once for every module that answers questions."""

