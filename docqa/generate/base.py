@@ -243,28 +243,38 @@ def _sample_session(
 
 
 def _session_loop(session, input_ids, options, eos, seen, gen) -> Iterator[int]:
-    import torch
-
     stats = options.stats
     t = time.perf_counter()
     logits, reused = session.prefill(input_ids)
     if stats is not None:
         stats.prompt_tokens, stats.cached_tokens = len(input_ids), reused
     for step in range(options.max_new_tokens):
-        nxt = pick_next(logits.to("cpu"), options, seen, gen)
-        _account(stats, step, t)
-        if nxt in eos:
+        nxt, seen = _next_token(logits, options, seen, gen, eos, step, t)
+        if nxt is None:
             return
-        if stats is not None:
-            stats.new_tokens += 1
         yield nxt
         # the last token is not fed: nothing would read its logits (the session's ids end before it)
         if step == options.max_new_tokens - 1 or (options.cancel is not None and options.cancel.is_set()):
             return
-        if options.repetition_penalty != 1.0:
-            seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
         t = time.perf_counter()
         logits = session.step(nxt)
+
+
+def _next_token(logits, options: GenerationOptions, seen, gen, eos: set[int], step: int, started: float):
+    """One decoding step's bookkeeping, shared by both sampling loops: pick the token from `logits`, add the
+    model call (begun at `started`) to the stats, count the token; (None, seen) at an end-of-sequence token, else
+    (the token, `seen` with it added when a repetition penalty needs it)."""
+    nxt = pick_next(logits.to("cpu"), options, seen, gen)
+    _account(options.stats, step, started)
+    if nxt in eos:
+        return None, seen
+    if options.stats is not None:
+        options.stats.new_tokens += 1
+    if options.repetition_penalty != 1.0:
+        import torch
+
+        seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
+    return nxt, seen
 
 
 def _account(stats: GenerationStats | None, step: int, started: float) -> None:
@@ -326,15 +336,10 @@ def sample_dynamic(
                 extra["attention_mask"] = torch.ones(1, prefix_len + n + step, dtype=torch.long, device=device)
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra, **{cache_kw: cache})
             cache = getattr(out, "cache", None) or out.past_key_values
-            nxt = pick_next(out.logits[0, -1].to("cpu"), options, seen, gen)
-            _account(stats, step, t)
-            if nxt in eos:
+            nxt, seen = _next_token(out.logits[0, -1], options, seen, gen, eos, step, t)
+            if nxt is None:
                 return
-            if stats is not None:
-                stats.new_tokens += 1
             yield nxt
-            if options.repetition_penalty != 1.0:
-                seen = torch.unique(torch.cat([seen, torch.tensor([nxt])]))
             ids = torch.tensor([[nxt]], dtype=torch.long, device=device)
             if prefix_len:
                 extra["position_ids"] = torch.tensor([[n + step]], dtype=torch.long, device=device)
