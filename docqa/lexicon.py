@@ -3,7 +3,8 @@
 The embedded embedder reads English only and BM25 matches words as written, so a Chinese question over English
 documents ("怎样递归复制一个目录？" over the Python docs) finds them only through the commands and options it
 happens to name. A bilingual dictionary turns its content words into English search terms, which both signals can
-use; docqa/retrieve.py searches that gloss like a query expansion (dense + BM25, fused at EXPANSION_WEIGHT):
+use; docqa/retrieve.py searches that gloss like a query expansion (dense + BM25, fused at EXPANSION_WEIGHT) and
+drops it when what it finds is not English (a Chinese collection that quotes English words):
 
     >>> gloss_query("怎样递归复制一个目录？")
     'recursion duplicate directory'
@@ -27,7 +28,7 @@ Measured (`docqa eval corpora/dev_qa.jsonl`, hybrid; Chinese questions only, Eng
 report): judged by the answer's first keyword (the held-out rule), hit@1 0.439 / 0.475 -> 0.500 / 0.475, hit@5
 0.732 / 0.713 -> 0.756 / 0.762, hit@20 0.780 / 0.812 -> 0.854 / 0.863; the 20 Chinese questions answered only in
 English documents hit@5 0.20 -> 0.40. Judged by every keyword, hit@5 0.695 / 0.675 -> 0.683 / 0.675, hit@20
-0.756 / 0.787 -> 0.793 / 0.787, hit@1 0.378 / 0.400 -> 0.415 / 0.338: the second keyword of a Chinese question
+0.756 / 0.787 -> 0.793 / 0.787, hit@1 0.378 / 0.400 -> 0.402 / 0.325: the second keyword of a Chinese question
 is mostly Chinese words, which the English passage it now finds cannot hold. Sense choices measured: the first
 sense only gave first-keyword hit@5 0.780 / 0.738, hit@20 0.829 / 0.812 (glosses such as "sed affix seal
 document" for 打印文件); every sense's words 0.744 / 0.688; the two or three most used words instead of one, 0.780 /

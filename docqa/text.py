@@ -77,6 +77,18 @@ _HAN_CHAR = re.compile(f"[{HAN}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 
 
+def has_chinese(text: str, share: float = 0.05) -> bool:
+    """Whether Han characters make up at least `share` of `text`'s characters (a Chinese page, however many
+    options and commands it quotes; an English page that cites a Chinese word or two is not one).
+
+        >>> has_chinese("-n, --line-number 在输出的每行前面加上行号")
+        True
+        >>> has_chinese("A directory (目录) holds files; `ls -l` lists them with their sizes, owners and dates.")
+        False
+    """
+    return len(_HAN_CHAR.findall(text)) >= share * max(len(text), 1) > 0
+
+
 def detect_language(text: str) -> str:
     """'zh' when the text has at least as many Han characters as Latin words, else 'en' (also for "")."""
     cjk = len(_HAN_CHAR.findall(text))

@@ -83,6 +83,21 @@ def test_a_chinese_only_collection_is_not_searched_for_english_words(tmp_path, e
         assert r.search(QUESTION, k=2).expansions == []
 
 
+def test_a_chinese_collection_that_quotes_english_words_is_not_glossed(tmp_path, embedder):
+    from docqa.retrieve import Retriever
+    from docqa.store import KnowledgeBase
+
+    docs = {  # Chinese pages that use the English words the gloss would search for (file, archive, extract)
+        "tar.txt": "tar 命令\n\n用 tar -xzf 从 archive 中 extract 每个 file：-x 表示提取，-z 表示用 gzip 解压缩。\n",
+        "cp.txt": "cp 命令\n\n复制 file 和目录；-r 递归复制整个目录，archive 模式 -a 保留所有属性。\n",
+    }
+    settings = build_kb(tmp_path, docs, embedder)
+    with KnowledgeBase.open(settings.index) as kb:
+        r = Retriever(kb, embedder, settings)
+        assert r.gloss(QUESTION)  # its words are known here...
+        assert r.search(QUESTION, k=2).expansions == []  # ...but they find Chinese passages: the gloss is dropped
+
+
 def test_ask_glosses_for_a_model_but_not_for_the_extractive_answerer(mixed):
     from docqa.answer import ask
     from docqa.generate.base import Generator
