@@ -34,8 +34,10 @@ sense only gave first-keyword hit@5 0.780 / 0.738, hit@20 0.829 / 0.812 (glosses
 document" for 打印文件); every sense's words 0.744 / 0.688; the two or three most used words instead of one, 0.780 /
 0.750 and 0.793 / 0.750 with hit@20 0.841 / 0.838: one word is the cleanest and best at depth.
 
-Limits: a general dictionary, not a technical one; words jieba cuts differently from the dictionary (化成, 每行)
-are split or lost; no English -> Chinese direction (an English question over Chinese-only documents still relies
+Limits: a general dictionary, not a technical one; the documents' most used word can be the wrong one (创建 "to
+found / to establish" -> found, which English text uses as the past tense of find; taking the most used sense's
+words instead of one word measured worse: report hit@5 0.750, every keyword 0.637); words jieba cuts differently
+from the dictionary (化成, 每行) are split or lost; no English -> Chinese direction (an English question over Chinese-only documents still relies
 on the names they share: a reverse gloss from the same dictionary was neutral, en report hit@5 0.825 -> 0.814).
 """
 
