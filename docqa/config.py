@@ -105,7 +105,7 @@ class Settings:
     # "auto" = keywords,translate when a generation is cheap (a GPU or a served model), or a list of QUERY_EXPANSIONS
     query_expansion: str = "off"
     # a Chinese question also searches its English gloss from a bilingual dictionary (docqa/lexicon.py): finds
-    # English documents; skipped where the knowledge base lacks most of the gloss's words
+    # English documents; dropped where the gloss's words are unknown or find mostly Chinese passages
     cross_language: bool = True
     # generation
     llm: str = "auto"  # auto | demo | chatglm2 path/id | openai
