@@ -229,6 +229,23 @@ def test_knowledge_base_made_by_the_cli_later_is_served(client, tmp_path, docs_d
     assert r.status_code == 200 and r.json()["results"]
 
 
+def test_search_lists_the_english_gloss_it_searched(client, tmp_path):
+    """A Chinese query over English pages finds them through its dictionary gloss, and says it searched that."""
+    from conftest import EXTRACT_QUESTION, MIXED_DOCS
+    from test_server import make_kb
+
+    docs = tmp_path / "mixed"
+    docs.mkdir()
+    for name, text in MIXED_DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    make_kb(tmp_path / "indexes", "mixed", docs)
+    body = client.post("/api/v1/search", json={"query": EXTRACT_QUESTION, "kb_ids": ["mixed"], "k": 1}).json()
+    assert body["results"][0]["source"].endswith("tar.md")
+    assert "extract" in body["expansions"][0].split()
+    body = client.post("/api/v1/search", json={"query": "tar archive", "kb_ids": ["mixed", "docs"]}).json()
+    assert body["expansions"] == []  # an English query is not glossed
+
+
 class SlowIngestEmbedder:
     """The test embedder, but every token count (chunking) takes a little while: an ingest that lasts seconds."""
 

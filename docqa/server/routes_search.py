@@ -15,7 +15,9 @@ from .state import ServerState
 # ---------------------------------------------------------------------- search
 @read.post("/search")
 def search(request: Request, body: dict = Body(...)) -> dict[str, Any]:
-    """`{query, kb_ids: [kb], k, mode}` -> `{results: [...]}`, each a `docqa search --json` hit plus its `kb`."""
+    """`{query, kb_ids: [kb], k, mode}` -> `{results: [...], expansions: [...]}`: each result a `docqa search
+    --json` hit plus its `kb`; `expansions` what was searched besides the query (a Chinese query's English
+    dictionary gloss, per knowledge base: each has its own words), as in `docqa search --json`."""
     state = state_of(request)
     query = str(body.get("query") or "").strip()
     if not query:
@@ -30,12 +32,14 @@ def search(request: Request, body: dict = Body(...)) -> dict[str, Any]:
     if not 1 <= k <= 100:
         raise BadRequest("k must be between 1 and 100")
     mode = body.get("mode")
-    results = []
+    results, expansions = [], []
     t0 = time.perf_counter()
     for kb in kbs:
         state.kb(str(kb))
         with state.retriever(str(kb)) as r:
-            for h in r.search(query, k=k, mode=mode):
+            found = r.search(query, k=k, mode=mode)
+            expansions += [e for e in found.expansions if e not in expansions]
+            for h in found:
                 j = h.to_json() | {"kb": kb, "document_id": _doc_id(state, str(kb), h.source, h.document_id)}
                 results.append(j)
     if len(kbs) > 1:
@@ -43,7 +47,7 @@ def search(request: Request, body: dict = Body(...)) -> dict[str, Any]:
         results = results[:k]
         for i, j in enumerate(results):
             j["rank"] = i + 1
-    return {"query": query, "results": results, "seconds": round(time.perf_counter() - t0, 4)}
+    return {"query": query, "results": results, "expansions": expansions, "seconds": round(time.perf_counter() - t0, 4)}
 
 
 def _doc_id(state: ServerState, kb: str, source: str, kb_document_id: int) -> str:
