@@ -5,7 +5,7 @@ import pytest
 from docqa.config import Settings
 from docqa.documents import SearchResult
 from docqa.ingest import ingest
-from docqa.retrieve import Retriever, open_retriever
+from docqa.retrieve import Retriever, join_at_offsets, open_retriever
 from docqa.store import KnowledgeBase
 
 # A second folder, richer than conftest's docs_dir: more Chinese passages to rank, a paragraph repeated in two
@@ -165,7 +165,8 @@ def test_neighbours_expand_without_repeating_the_overlap(kb_dir, embedder):
     kb = KnowledgeBase.open(kb_dir.index)
     try:
         plain = Retriever(kb, embedder, kb_dir).search("zebracorn", k=1, mode="bm25")[0]
-        wide = Retriever(kb, embedder, kb_dir.replace(neighbours=1)).search("zebracorn", k=1, mode="bm25")[0]
+        # (2: one neighbour each side can be no more than the paragraph edges the plain hit already shows)
+        wide = Retriever(kb, embedder, kb_dir.replace(neighbours=2)).search("zebracorn", k=1, mode="bm25")[0]
         with kb.snapshot():
             around = kb.neighbours(plain.document_id, [plain.ordinal - 1, plain.ordinal + 1])
     finally:
@@ -235,3 +236,58 @@ def test_modes_and_errors(retriever):
     assert not retriever.search("   ")
     dense = retriever.search("How do I sort a list?", k=2, mode="dense")
     assert len(dense) == 2 and set(dense[0].scores) == {"dense"} and dense[0].score >= dense[1].score
+
+
+# An API page whose chunks (56 tokens, overlap 10) end with a function's signature and begin with its description
+API_FUNCS = [
+    (
+        "shutil.copy(src, dst)",
+        "Copies the file src to the file or directory dst, with its permission bits but not its "
+        "other metadata such as the creation and modification times.",
+    ),
+    (
+        "shutil.move(src, dst)",
+        "Recursively moves a file or directory to another location and returns the destination; "
+        "when the destination is on another file system the source is copied there and then removed.",
+    ),
+    (
+        "shutil.which(cmd, mode, path)",
+        "Returns the path to an executable which would be run if the given command name "
+        "were called, or None when no such program is found on the search path.",
+    ),
+    (
+        "shutil.rmtree(path)",
+        "Deletes an entire directory tree, with every file and folder below it; the path must "
+        "point to a directory and not to a symbolic link.",
+    ),
+]
+
+
+def test_a_hit_keeps_the_line_that_introduces_it(tmp_path, embedder):
+    from conftest import build_kb
+
+    text = "# shutil\n\n" + "\n\n".join(f"{a}\n\n{b}" for a, b in API_FUNCS) + "\n"
+    s = build_kb(tmp_path, {"shutil.md": text}, embedder, chunk_tokens=56, chunk_overlap=10)
+    kb = KnowledgeBase.open(s.index)
+    try:
+        with kb.snapshot():
+            chunks = list(kb.neighbours(1, list(range(20))).values())
+        # the set-up: the description of which() starts a chunk, its signature is only in the chunk before
+        desc = next(c for c in chunks if c.text.startswith("Returns the path"))
+        assert "shutil.which" not in desc.text.split("\n\n")[0]
+        page = join_at_offsets(sorted(chunks, key=lambda c: c.ordinal))  # what the page view shows
+        # (BM25, one word only that chunk has: nothing merges into the hit)
+        hit = Retriever(kb, embedder, s).search("executable", k=1, mode="bm25")[0]
+        assert hit.chunk_id == desc.id
+        assert hit.text.startswith("shutil.which(cmd, mode, path)\nReturns the path"), hit.text
+        assert hit.text in page  # the web UI finds a hit on its page by its text
+        # the short paragraph after it comes along too: the next function's signature, then its description
+        assert hit.text.endswith(
+            "shutil.rmtree(path)\n\nDeletes an entire directory tree, with every file and "
+            "folder below it; the path must point to a directory and not to a symbolic link."
+        )
+        # a neighbour shown before the hit makes the lead needless: the text is not repeated
+        wide = Retriever(kb, embedder, s.replace(neighbours=1)).search("executable", k=1, mode="bm25")[0]
+        assert wide.text.count("shutil.which(cmd, mode, path)") == 1 and wide.text in page
+    finally:
+        kb.close()

@@ -176,6 +176,24 @@ class Reader:
         q = f"{CHUNK_ROWS} WHERE c.document_id = ? AND c.ordinal IN ({','.join('?' * len(ordinals))})"
         return {r[2]: ChunkRow(*r) for r in self.conn.execute(q, [document_id, *ordinals])}
 
+    def adjacent_chunks(self, rows: Iterable[ChunkRow], step: int) -> dict[int, ChunkRow]:
+        """chunk id -> the chunk `step` ordinals away in its document (-1: the one before, 1: after), for each of
+        `rows` that has one, in one query (an OR of one indexed term per document: SQLite scans the whole table
+        for a row-value IN list)."""
+        want = {(r.document_id, r.ordinal + step): r.id for r in rows if r.ordinal + step >= 0}
+        by_doc: dict[int, list[int]] = {}
+        for d, o in want:
+            by_doc.setdefault(d, []).append(o)
+        out: dict[int, ChunkRow] = {}
+        items = list(by_doc.items())
+        for i in range(0, len(items), 200):  # bounded statements: at most 200 terms
+            part = items[i : i + 200]
+            where = " OR ".join(f"(c.document_id = ? AND c.ordinal IN ({','.join('?' * len(o))}))" for _, o in part)
+            for r in self.conn.execute(f"{CHUNK_ROWS} WHERE {where}", [x for d, o in part for x in (d, *o)]):
+                row = ChunkRow(*r)
+                out[want[row.document_id, row.ordinal]] = row
+        return out
+
     def chunk_count(self) -> int:
         with self._reading():
             return self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
