@@ -81,7 +81,7 @@ one question is 1.0-1.25 points.
    overlap) and the rest of a paragraph cut off at either end. It helped every half by at least one measure and
    lowered none (above; by the first keyword en report hit@20 +2 questions, zh report hit@1 +2, hit@5 +1);
    limits 80 and 300 were measured on the tune half (80: en hit@1 -2 questions; 300: the same as 160 but one
-   question each way). One more query per search for the adjacent chunks (`KnowledgeBase.adjacent_chunks`).
+   question each way). Two indexed queries per search fetch the adjacent chunks (`KnowledgeBase.adjacent_chunks`).
 
 Tried and dropped (on top of 2, or of 2 + 3):
 - section title as a weighted field: re-scoring the top 50 fused candidates by fused x (1 + a x idf share of
@@ -159,7 +159,7 @@ CODE_TERM_BOOST = 3.0
 BIGRAM_WEIGHT = 0.75
 # How many merged hits every search builds before cutting to k (rule 4 above).
 MERGE_DEPTH = 40
-# The most characters of the text just before a hit that are shown with it (`paragraph_edges`: rule 6 above).
+# The most characters of the text just before or after a hit that are shown with it (`paragraph_edges`: rule 6).
 LEAD_MAX = 160
 #: relevance thresholds (see Retriever.is_relevant)
 DENSE_MIN = 0.32
@@ -541,10 +541,10 @@ def paragraph_edges(
     to `following`'s next one. The lead is the start of the paragraph the passage begins inside, or the short
     paragraph that introduces it (an option's name, a function's signature, a term above its definition); the
     tail the rest of the paragraph it ends inside, or the short one after it. Each is kept only if at most
-    `limit` characters (stripped), on the same page, touching or a blank line apart, and from a chunk whose text is a plain slice of
-    the document (a table chunk repeats its header row); else "". The splitter's overlap is too short to carry
-    such a line: "Return the path to an executable ..." began a chunk whose signature line, shutil.which(cmd,
-    ...), ended the one before.
+    `limit` characters (stripped), from a chunk on the same page as its edge, touching it or a blank line away,
+    whose text is a plain slice of the document (a table chunk repeats its header row); else "". The splitter's
+    overlap is too short to carry such a line: "Return the path to an executable ..." began a chunk whose
+    signature line, shutil.which(cmd, ...), ended the one before.
 
         >>> def row(ordinal, text, start):
         ...     return ChunkRow(ordinal, 1, ordinal, text, None, "", start, start + len(text), 0, "shutil.html")
@@ -557,14 +557,14 @@ def paragraph_edges(
         ('', '')
     """
 
-    def plain(row: ChunkRow | None) -> bool:
-        return row is not None and row.page == first.page and len(row.text) == row.end - row.start
+    def plain(row: ChunkRow | None, edge: ChunkRow) -> bool:
+        return row is not None and row.page == edge.page and len(row.text) == row.end - row.start
 
     def short(text: str) -> str:
         return text if text.strip() and len(text.strip()) <= limit else ""
 
     lead = tail = ""
-    if plain(previous) and previous.start < first.start <= previous.end + _GAP:
+    if plain(previous, first) and previous.start < first.start <= previous.end + _GAP:
         # chunks that do not touch (the splitter drops the blank line between) join with a newline, as
         # join_at_offsets joins them
         text, sep = (
@@ -575,7 +575,7 @@ def paragraph_edges(
         cut = text.rstrip().rfind("\n\n")
         lead = short(text[cut + 2 :] if cut >= 0 else text)
         lead = lead + sep if lead else ""
-    if plain(following) and following.start - _GAP <= last.end < following.end:
+    if plain(following, last) and following.start - _GAP <= last.end < following.end:
         text, sep = (
             (following.text[last.end - following.start :], "")
             if following.start <= last.end

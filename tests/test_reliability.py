@@ -508,7 +508,9 @@ def test_bit_flip_in_unread_sqlite_page_is_caught_by_verify(tmp_path, built_kb):
     src, baseline = built_kb
     kb = _copy_kb(src, tmp_path / "kb")
     c = sqlite3.connect(kb / DB_NAME)
-    (root,) = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'chunks_by_document'").fetchone()
+    # the documents(path) index: ingest and listings use it, search never does (it reads chunks_by_document for a
+    # hit's adjacent chunks, and documents by id)
+    (root,) = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_documents_1'").fetchone()
     (page_size,) = c.execute("PRAGMA page_size").fetchone()
     c.close()
     with open(kb / DB_NAME, "r+b") as f:  # the index's b-tree page type byte: 0x0a/0x02 -> garbage
