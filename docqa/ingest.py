@@ -35,8 +35,10 @@ from .config import Settings
 from .documents import Chunk, Document
 from .embed import Embedder, get_embedder, kb_model_name, split_model_name
 from .errors import DocQAError, LoadError, ModelMismatchError
+from .lexicon import GLOSS_VECTORS, gloss_passage, lexicon_available
 from .store import MANIFEST_NAME, DocumentInfo, KnowledgeBase, index_text, store_options
 from .store.files import sha256_file
+from .text import has_chinese
 
 Progress = Callable[..., None]
 
@@ -211,12 +213,14 @@ class _Prefetcher:
     with the model too; the embedder's token counter must then be safe to call beside `encode` (both embedders use
     a tokenizer of their own for counting)."""
 
-    def __init__(self, candidates: list[_Candidate], settings: Settings, embedder: Embedder, chunk_ahead: bool):
+    def __init__(
+        self, candidates: list[_Candidate], settings: Settings, embedder: Embedder, chunk_ahead: bool, gloss: bool
+    ):
         from .load.sandbox import LoaderSandbox
 
         self._q: queue.Queue = queue.Queue(maxsize=PREFETCH_FILES)
         self._stop = threading.Event()
-        self._prepare = lambda cand, item: _chunk_file(cand, item, settings, embedder)
+        self._prepare = lambda cand, item: _chunk_file(cand, item, settings, embedder, gloss)
         self._chunk_ahead = chunk_ahead
         self._sandbox = LoaderSandbox(
             timeout=settings.file_timeout,
@@ -322,6 +326,14 @@ def ingest(
     return report
 
 
+def new_vector_text(embedder: Embedder) -> str:
+    """The `vector_text` of a new knowledge base for `embedder`: GLOSS_VECTORS (Chinese chunks embedded as their
+    English gloss, `vector_texts`) when it reads English but not Chinese and the dictionary is installed, else
+    "" (every chunk embedded as its own text)."""
+    ok = "zh" not in embedder.languages and "en" in embedder.languages and lexicon_available()
+    return GLOSS_VECTORS if ok else ""
+
+
 def _open_kb(settings: Settings, recorded: str, embedder: Embedder | None) -> KnowledgeBase:
     """Open (or create) the knowledge base for writing, refusing one whose vectors another backend made."""
     try:
@@ -331,6 +343,9 @@ def _open_kb(settings: Settings, recorded: str, embedder: Embedder | None) -> Kn
             writable=True,
             embed_model=recorded,
             dim=embedder.dim if embedder is not None else None,
+            # a new knowledge base: Chinese chunks are embedded as their English gloss when the embedder reads no
+            # Chinese (vector_texts); one made before keeps embedding their text, so its vectors stay one kind
+            vector_text=new_vector_text(embedder) if embedder is not None else "",
             **store_options(settings),
         )
     except ModelMismatchError:
@@ -378,9 +393,12 @@ def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport
     return todo, touch
 
 
-def _chunk_file(cand: _Candidate, item: Document | str, settings: Settings, embedder: Embedder) -> _Prepared:
+def _chunk_file(
+    cand: _Candidate, item: Document | str, settings: Settings, embedder: Embedder, gloss: bool = False
+) -> _Prepared:
     """Chunk one loaded file (`item`: its Document, or the reason it failed). A file that yields no chunk is a
-    failure with a reason, so a re-run tries it again. Touches no shared state (it runs on the prefetch thread)."""
+    failure with a reason, so a re-run tries it again. With `gloss`, Chinese chunks are embedded as their English
+    gloss (`vector_texts`). Touches no shared state (it runs on the prefetch thread)."""
     info = DocumentInfo(path=str(cand.path), root=cand.root, size=cand.size, mtime_ns=cand.mtime_ns, sha256=cand.sha256)
     if not info.sha256:
         try:
@@ -394,6 +412,8 @@ def _chunk_file(cand: _Candidate, item: Document | str, settings: Settings, embe
                 item, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap, embedder.max_tokens - 2
             )
             out.texts = [index_text(_fit_header(embedder, ch.section, ch.n_tokens), ch.text) for ch in out.chunks]
+            if gloss:
+                out.texts = vector_texts(out.texts, [ch.text for ch in out.chunks])
         except Exception as e:  # a chunker bug fails this file, not the ingest
             out.chunks, out.texts, item = [], [], f"cannot chunk: {type(e).__name__}: {e}"
         if isinstance(item, Document) and not out.chunks:
@@ -423,6 +443,20 @@ def _account(p: _Prepared, report: IngestReport, emit: Progress) -> None:
     else:
         report.added += 1
     emit("file", path=path, status="updated" if p.cand.existed else "added", chunks=len(p.chunks))
+
+
+def vector_texts(texts: list[str], chunk_texts: list[str]) -> list[str]:
+    """What the embedder embeds for each chunk of a knowledge base with Chinese gloss vectors (`GLOSS_VECTORS`):
+    a Chinese chunk's English dictionary gloss (docqa/lexicon.py `gloss_passage`, section header included), any
+    other its own text. The embedded all-MiniLM reads English only: the vector of Chinese text is noise, that of
+    its gloss is near the vector of a Chinese question's gloss (which docqa/retrieve.py searches) and of an
+    English question about it. `texts` are the chunks' index texts (header + text), `chunk_texts` their texts.
+
+        >>> vector_texts(["Upgrades\\n请执行 apt-get upgrade。", "Run apt-get upgrade."],
+        ...              ["请执行 apt-get upgrade。", "Run apt-get upgrade."])
+        ['Upgrades implement apt-get upgrade', 'Run apt-get upgrade.']
+    """
+    return [gloss_passage(t) or t if has_chinese(c) else t for t, c in zip(texts, chunk_texts)]
 
 
 def commit_limit(indexed: int) -> int:
@@ -474,7 +508,7 @@ def _load_embed_commit(
         staged, texts, vectors, done, chars, last_commit = [], [], [], 0, 0, time.monotonic()
 
     limit = commit_limit(kb.index.count())
-    prefetch = _Prefetcher(todo, settings, embedder, chunk_ahead=parallel)
+    prefetch = _Prefetcher(todo, settings, embedder, chunk_ahead=parallel, gloss=kb.vector_text == GLOSS_VECTORS)
     try:
         for p in prefetch:
             _account(p, report, emit)

@@ -55,7 +55,15 @@ from pathlib import Path
 from .text import CJK, ZH_FILLER_WORDS, ZH_QUESTION_WORDS, ZH_STOP_WORDS
 from .tokenize import words
 
-__all__ = ["Frequency", "candidates", "gloss_query", "gloss_word", "lexicon_available"]
+__all__ = [
+    "GLOSS_VECTORS",
+    "Frequency",
+    "candidates",
+    "gloss_passage",
+    "gloss_query",
+    "gloss_word",
+    "lexicon_available",
+]
 
 _HAS_CJK = re.compile(f"[{CJK}]")
 _LATIN = re.compile(r"[A-Za-z0-9_./+-]*[A-Za-z][A-Za-z0-9_./+-]*")  # sed, -i, /etc/fstab, json.dumps
@@ -74,6 +82,9 @@ _EN_SKIP = frozenset(
 )
 _SKIP = ZH_STOP_WORDS | ZH_FILLER_WORDS | ZH_QUESTION_WORDS
 _MAX_SENSES = 8  # the senses a word's candidates come from (the common ones come first)
+
+#: `KnowledgeBase.vector_text` of a knowledge base whose Chinese chunks are embedded as their `gloss_passage`
+GLOSS_VECTORS = "gloss-zh"
 
 #: English words -> in how many passages of the knowledge base each occurs (docqa/retrieve.py gives one)
 Frequency = Callable[[Sequence[str]], Mapping[str, int]]
@@ -197,3 +208,26 @@ def gloss_query(question: str, frequency: Frequency | None = None) -> str:
             glossed = True
             out += found
     return " ".join(dict.fromkeys(out)) if glossed else ""
+
+
+def gloss_passage(text: str) -> str:
+    """The English words of a Chinese passage, in its order, for an embedder that reads English only
+    (docqa/ingest.py embeds a Chinese chunk as this, so a question's gloss can find it by meaning): each Chinese
+    content word gives at most two words of its senses about computers or else of its first sense (a passage has
+    no knowledge base to ask yet), a word the dictionary lacks the words inside it; Latin-script words (options,
+    commands) stay as written; question and stop words go. "" without the dictionary.
+
+        >>> gloss_passage("要把整个系统升级到最新，请执行 apt-get update。")
+        'whole system upgrade latest implement apt-get update'
+        >>> gloss_passage("-r, --reverse 逆序输出排序结果")  # first senses: 输出 "to export", 结果 "to bear fruit"
+        'r reverse inverse order export sort bear fruit'
+    """
+    if not _entries():
+        return ""
+    out: list[str] = []
+    for w in words(text):
+        if _LATIN.fullmatch(w):
+            out.append(w)
+        elif len(w) >= 2 and _HAS_CJK.search(w) and w not in _SKIP:
+            out += (gloss_word(w) or [g for p in _split(w) if p not in _SKIP for g in gloss_word(p)])[:2]
+    return " ".join(out)

@@ -147,7 +147,7 @@ from .fusion import (
     shingles,
 )
 from .generate.scoring import passage_evidence
-from .lexicon import gloss_query
+from .lexicon import GLOSS_VECTORS, gloss_query
 from .store import ChunkRow, KnowledgeBase, store_options
 from .text import detect_language, has_chinese
 from .tokenize import tokenize_query
@@ -237,7 +237,7 @@ class Retriever:
                     t = time.perf_counter()
                     for e in expansions:
                         d, b = self._lists(e, mode, pool, {})
-                        if e == gloss and not self._mostly_english(b or d):
+                        if e == gloss and not self._gloss_finds(b or d):
                             continue  # a Chinese collection: the English words find only noise there
                         extra.append((e, d, b))
                     expansions = [e for e, _, _ in extra]
@@ -266,14 +266,23 @@ class Retriever:
 
     def gloss(self, query: str) -> str:
         """The English gloss of a Chinese `query` (docqa/lexicon.py) that `search` also searches, or "": when
-        `cross_language` is off, the query is not Chinese, or the knowledge base lacks most of its words. `search`
-        drops it too when what it finds is mostly not English (`_mostly_english`)."""
+        `cross_language` is off, the query is not Chinese, or (in a knowledge base without gloss vectors, rule 7)
+        the knowledge base lacks most of its words; there `search` drops it too when what it finds is mostly not
+        English (`_mostly_english`)."""
         if not self.settings.cross_language or detect_language(query) != "zh":
             return ""
         gloss = gloss_query(query, self.document_frequencies)
+        if self.kb.vector_text == GLOSS_VECTORS:  # rule 7: its dense list finds Chinese chunks by their gloss
+            return gloss
         if not gloss or self.known_term_share(gloss)[0] < KNOWN_MIN:
             return ""
         return gloss
+
+    def _gloss_finds(self, ranked: list[tuple[int, float]]) -> bool:
+        """Whether a gloss whose first passages are `ranked` is worth searching: always where the Chinese chunks
+        are embedded as their gloss (rule 7: its dense list finds them by meaning), else where it reaches
+        English passages (`_mostly_english`)."""
+        return self.kb.vector_text == GLOSS_VECTORS or self._mostly_english(ranked)
 
     def _mostly_english(self, ranked: list[tuple[int, float]]) -> bool:
         """Whether at least ENGLISH_SHARE of the first GLOSS_CHECK passages of a gloss's list are English (next

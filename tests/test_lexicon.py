@@ -70,20 +70,43 @@ def test_a_chinese_question_finds_the_english_passage_through_its_gloss(mixed):
     assert off.search(QUESTION, k=1).expansions == []
 
 
-def test_a_chinese_only_collection_is_not_searched_for_english_words(tmp_path, embedder):
+def build_kb_made_before(root, docs: dict[str, str], embedder):
+    """A knowledge base made before rule 7: its Chinese chunks are embedded as their own text (vector_text "")."""
+    from docqa.config import Settings
+    from docqa.ingest import ingest
+    from docqa.store import KnowledgeBase
+
+    (root / "docs").mkdir(parents=True)
+    for name, text in docs.items():
+        (root / "docs" / name).write_text(text, encoding="utf-8")
+    settings = Settings(index=root / "kb")
+    KnowledgeBase.open(settings.index, create=True, writable=True, embed_model=embedder.name, dim=embedder.dim).close()
+    assert not ingest([root / "docs"], settings, embedder=embedder).failed
+    with KnowledgeBase.open(settings.index) as kb:
+        assert kb.vector_text == ""
+    return settings
+
+
+def test_a_chinese_only_collection_is_not_searched_for_english_words_without_gloss_vectors(tmp_path, embedder):
     from docqa.retrieve import Retriever
     from docqa.store import KnowledgeBase
 
-    settings = build_kb(
-        tmp_path, {"net.txt": MIXED_DOCS["net.txt"], "more.txt": "压缩 文件 的 方法：使用 归档 工具。\n"}, embedder
-    )
+    docs = {"net.txt": MIXED_DOCS["net.txt"], "more.txt": "压缩 文件 的 方法：使用 归档 工具。\n"}
+    settings = build_kb_made_before(tmp_path / "old", docs, embedder)
     with KnowledgeBase.open(settings.index) as kb:
         r = Retriever(kb, embedder, settings)
         assert gloss_query(QUESTION) and r.gloss(QUESTION) == ""  # most of the gloss's words are unknown here
         assert r.search(QUESTION, k=2).expansions == []
+    # made now, the same collection embeds its Chinese chunks as their gloss: there the gloss is searched
+    (tmp_path / "new").mkdir()
+    settings = build_kb(tmp_path / "new", docs, embedder)
+    with KnowledgeBase.open(settings.index) as kb:
+        r = Retriever(kb, embedder, settings)
+        assert r.gloss(QUESTION) and r.search(QUESTION, k=2).expansions == [r.gloss(QUESTION)]
 
 
-def test_a_chinese_collection_that_quotes_english_words_is_not_glossed(tmp_path, embedder):
+def test_a_chinese_collection_that_quotes_english_words_is_not_glossed_without_gloss_vectors(tmp_path, embedder):
+    """A knowledge base made before rule 7: the gloss is searched only where it reaches English passages."""
     from docqa.retrieve import Retriever
     from docqa.store import KnowledgeBase
 
@@ -91,11 +114,50 @@ def test_a_chinese_collection_that_quotes_english_words_is_not_glossed(tmp_path,
         "tar.txt": "tar 命令\n\n用 tar -xzf 从 archive 中 extract 每个 file：-x 表示提取，-z 表示用 gzip 解压缩。\n",
         "cp.txt": "cp 命令\n\n复制 file 和目录；-r 递归复制整个目录，archive 模式 -a 保留所有属性。\n",
     }
-    settings = build_kb(tmp_path, docs, embedder)
+    settings = build_kb_made_before(tmp_path, docs, embedder)
     with KnowledgeBase.open(settings.index) as kb:
         r = Retriever(kb, embedder, settings)
         assert r.gloss(QUESTION)  # its words are known here...
         assert r.search(QUESTION, k=2).expansions == []  # ...but they find Chinese passages: the gloss is dropped
+
+
+# Chinese pages that share no word with the questions below
+ZH_ONLY = {
+    "tar.txt": "解压归档\n\n用 tar -xzf 命令解开 .tar.gz 压缩包，-C 指定解压到哪个目录。\n",
+    "user.txt": "添加用户\n\n用 useradd 新建一个账户，-m 同时创建家目录，passwd 设置密码。\n",
+    "net.txt": "网络配置\n\n/etc/network/interfaces 描述了网络接口，修改之后运行 ifup eth0 启用接口。\n",
+    "disk.txt": "磁盘空间\n\n用 df -h 查看每个文件系统还剩多少空间，du -sh 统计目录的大小。\n",
+}
+
+
+@pytest.mark.parametrize(
+    "question, page",
+    [
+        ("How do I create a new user account?", "user.txt"),  # English over Chinese pages: dense alone
+        ("How much free space is left on my disks?", "disk.txt"),
+        ("怎么新增一个登录帐号？", "user.txt"),  # 新增 登录 帐号 vs 添加 新建 账户: no word in common
+        ("硬盘还剩多大容量？", "disk.txt"),
+    ],
+)
+def test_chinese_chunks_are_embedded_as_their_gloss(tmp_path, embedder, question, page):
+    """Rule 7: the English-only embedder gets a Chinese chunk's English gloss, so an English question, or a
+    Chinese question's gloss, finds it by meaning."""
+    from docqa.lexicon import GLOSS_VECTORS, gloss_passage
+    from docqa.retrieve import Retriever
+    from docqa.store import KnowledgeBase, index_text
+
+    settings = build_kb(tmp_path, ZH_ONLY, embedder)
+    with KnowledgeBase.open(settings.index) as kb:
+        assert kb.vector_text == GLOSS_VECTORS
+        with kb.snapshot():
+            row = kb.neighbours(1, [0])[0]
+            stored = kb.index.reconstruct(row.id)
+        # the vector is that of the English gloss, not of the Chinese text
+        assert float(stored @ embedder.encode([gloss_passage(index_text(row.section, row.text))])[0]) > 0.99
+        assert float(stored @ embedder.encode([index_text(row.section, row.text)])[0]) < 0.9
+        res = Retriever(kb, embedder, settings).search(question, k=1, mode="dense" if question.isascii() else "hybrid")
+        assert res[0].source.endswith(page), (question, [h.source for h in res])
+        assert question.isascii() or res.expansions  # a Chinese question: its gloss was searched
 
 
 def test_ask_glosses_for_a_model_but_not_for_the_extractive_answerer(mixed):

@@ -150,6 +150,7 @@ class ServerState:
         return h
 
     def create_kb(self, name: str) -> KBHandle:
+        from ..ingest import new_vector_text
         from ..store import KnowledgeBase, store_options
 
         if not _KB_NAME.match(name or ""):
@@ -167,6 +168,7 @@ class ServerState:
                 writable=True,
                 embed_model=self.settings.embed_model,
                 dim=emb.dim,
+                vector_text=new_vector_text(emb),
                 **store_options(self.settings),
             ).close()
             h = self._kbs[name] = KBHandle(name, path)

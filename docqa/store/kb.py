@@ -64,6 +64,7 @@ class KnowledgeBase(Reader):
         backend: str = DEFAULT_BACKEND,
         backend_options: Mapping[str, str] | None = None,
         ann: str | None = None,
+        vector_text: str = "",
     ) -> KnowledgeBase:
         """Open (or with `create=True` make) the knowledge base at `path`, upgrading its schema if it is older.
 
@@ -74,7 +75,9 @@ class KnowledgeBase(Reader):
         keeps the backend it was made with. `backend_options` ("milvus.uri": ...) configure it; a new knowledge base
         records the non-empty ones, and later opens use those unless given others (`store_options` builds both
         from Settings). `ann` (auto|flat|hnsw|ivfpq) is the FAISS index choice for this writer's commits; None
-        keeps the one the last commit recorded (auto for a new knowledge base).
+        keeps the one the last commit recorded (auto for a new knowledge base). `vector_text` says what a new
+        knowledge base's vectors embed besides the chunks' own text (`Reader.vector_text`); an existing one keeps
+        what it was made with.
         """
         path = Path(path)
         if not (path / DB_NAME).exists():
@@ -88,7 +91,7 @@ class KnowledgeBase(Reader):
             kb = cls(path, schema.connect(path / DB_NAME), writable, lock)
             kb.backend_options = dict(backend_options or {})
             kb._ann = ann
-            kb._prepare(embed_model, dim, backend)
+            kb._prepare(embed_model, dim, backend, vector_text)
             kb._connected = kb.backend
             kb._connected.connect(path)
             if embed_model is not None and kb.embed_model != embed_model:
@@ -120,7 +123,7 @@ class KnowledgeBase(Reader):
         except OSError as e:
             raise StoreError(f"cannot create {path}: {files.io_message(e)}") from None
 
-    def _prepare(self, embed_model: str | None, dim: int | None, backend: str) -> None:
+    def _prepare(self, embed_model: str | None, dim: int | None, backend: str, vector_text: str = "") -> None:
         """Bring the database to the current schema, creating the knowledge base first where there is none."""
         db = self.path / DB_NAME
         if self._meta("format_version") is None:
@@ -129,7 +132,7 @@ class KnowledgeBase(Reader):
             if embed_model is None or dim is None:
                 raise StoreError(f"no knowledge base at {self.path}")
             schema.migrate(self.conn, db)
-            self._initialise(embed_model, dim, vector_backend(backend, **self._options_for(backend)))
+            self._initialise(embed_model, dim, vector_backend(backend, **self._options_for(backend)), vector_text)
         elif self.writable:
             if schema.needs_migration(self.conn, db):
                 schema.migrate(self.conn, db)
@@ -147,7 +150,7 @@ class KnowledgeBase(Reader):
         """Raise StoreLockedError now if another writer holds the knowledge base at `path` (see files.py)."""
         files.check_unlocked(Path(path))
 
-    def _initialise(self, embed_model: str, dim: int, backend: type[VectorIndex]) -> None:
+    def _initialise(self, embed_model: str, dim: int, backend: type[VectorIndex], vector_text: str = "") -> None:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -159,6 +162,7 @@ class KnowledgeBase(Reader):
                 "generation": 0,
                 **record,
                 "vector_backend": backend.name,
+                **({"vector_text": vector_text} if vector_text else {}),
                 **{f"option.{k}": v for k, v in self.backend_options.items() if v and k.startswith(backend.name + ".")},
                 "created_at": time.time(),
             }.items():

@@ -56,6 +56,13 @@ class Reader:
         return int(self._meta("dim") or 0)
 
     @property
+    def vector_text(self) -> str:
+        """What the vectors of chunks the embedder cannot read were made from: "gloss-zh" = a Chinese chunk's
+        English dictionary gloss (docqa/lexicon.py `gloss_passage`; docqa/ingest.py); "" = every chunk's own
+        text (knowledge bases made before, or with an embedder that reads Chinese)."""
+        return self._meta("vector_text") or ""
+
+    @property
     def generation(self) -> int:
         return int(self._meta("generation") or 0)
 
