@@ -7,7 +7,8 @@
 A re-run skips files whose size and mtime are unchanged (then those whose SHA-256 is unchanged), re-embeds changed
 ones, and removes documents that disappeared from a folder that was synced. Files are parsed in a sandboxed worker
 process (time and memory limits, docqa/load/sandbox.py) and chunked on a background thread, a few files ahead,
-while the main thread embeds a few batches at a time, so parsing and chunking overlap with the model. Changes are
+while the main thread embeds a few batches at a time, so parsing and chunking overlap with the model (a Chinese
+chunk as its English dictionary gloss when the embedder reads English only: `vector_texts`). Changes are
 committed in batches of `commit_limit` chunks (512 while small, an eighth of the index as it grows, at most 20,000
 chunks or 32M characters: memory stays bounded at a million chunks); each document lands whole in one commit, so a
 crash or Ctrl-C loses at most the batch in progress and the next run picks up where it stopped.

@@ -1,10 +1,12 @@
-"""English glosses of a Chinese question from CC-CEDICT: the bridge from Chinese questions to English documents.
+"""English glosses of Chinese questions and passages from CC-CEDICT, for an embedder that reads English only.
 
 The embedded embedder reads English only and BM25 matches words as written, so a Chinese question over English
 documents ("怎样递归复制一个目录？" over the Python docs) finds them only through the commands and options it
 happens to name. A bilingual dictionary turns its content words into English search terms, which both signals can
-use; docqa/retrieve.py searches that gloss like a query expansion (dense + BM25, fused at EXPANSION_WEIGHT) and
-drops it when what it finds is not English (a Chinese collection that quotes English words):
+use; docqa/retrieve.py searches that gloss like a query expansion (dense + BM25, fused at EXPANSION_WEIGHT).
+docqa/ingest.py embeds a Chinese chunk as its `gloss_passage` (retrieval rule 7), so that dense list finds Chinese
+pages by meaning too; in a knowledge base made before that, the gloss is dropped when what it finds is not
+English (a Chinese collection that quotes English words):
 
     >>> gloss_query("怎样递归复制一个目录？")
     'recursion duplicate directory'
