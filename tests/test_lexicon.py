@@ -160,7 +160,7 @@ def test_chinese_chunks_are_embedded_as_their_gloss(tmp_path, embedder, question
         assert question.isascii() or res.expansions  # a Chinese question: its gloss was searched
 
 
-def test_ask_glosses_for_a_model_but_not_for_the_extractive_answerer(mixed):
+def test_ask_glosses_for_a_model_and_for_the_extractive_answerer_only_with_gloss_vectors(mixed, tmp_path, embedder):
     from docqa.answer import ask
     from docqa.generate.base import Generator
     from docqa.generate.extractive import ExtractiveAnswerer
@@ -174,7 +174,18 @@ def test_ask_glosses_for_a_model_but_not_for_the_extractive_answerer(mixed):
     a = ask(QUESTION, mixed, Cites(), mixed.settings)
     assert a.query_expansions == [mixed.gloss(QUESTION)] and not a.abstained
     assert "tar -xzf" in a.passages[0].text and a.citations == [1]
-    # the extractive answerer quotes only units that share the question's words: English passages found through
-    # the gloss would only displace Chinese ones it can quote (see ExtractiveAnswerer.reads_other_language)
+    # here the Chinese chunks are embedded as their gloss (rule 7): the gloss finds Chinese passages by meaning,
+    # which the extractive answerer can quote, so it is searched for it too
+    assert mixed.gloss_vectors
     e = ask(QUESTION, mixed, ExtractiveAnswerer(), mixed.settings)
-    assert e.query_expansions == []
+    assert e.query_expansions == [mixed.gloss(QUESTION)]
+    # in a knowledge base made before, the gloss finds English passages only, which would just displace Chinese
+    # ones the extractive answerer can quote (ExtractiveAnswerer.reads_other_language)
+    from docqa.retrieve import Retriever
+    from docqa.store import KnowledgeBase
+
+    settings = build_kb_made_before(tmp_path, MIXED_DOCS, embedder)
+    with KnowledgeBase.open(settings.index) as kb:
+        old = Retriever(kb, embedder, settings)
+        assert ask(QUESTION, old, Cites(), settings).query_expansions == [old.gloss(QUESTION)]
+        assert ask(QUESTION, old, ExtractiveAnswerer(), settings).query_expansions == []

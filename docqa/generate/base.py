@@ -93,6 +93,7 @@ class Generator(ABC):
     cheap_generation: bool = False
     #: True when passages in the other language than the question's are of use (a model reads both): a Chinese
     #: question then also searches its English gloss (docqa/lexicon.py); the extractive answerer says False
+    #: (ask() searches the gloss anyway where it finds Chinese passages too: retrieval rule 7's gloss vectors)
     reads_other_language: bool = True
 
     @abstractmethod
