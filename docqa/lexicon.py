@@ -185,6 +185,19 @@ def _split(word: str) -> list[str]:
     return out
 
 
+def _inner_words(word: str) -> list[str] | None:
+    """For a Chinese content word (two or more characters, not a question or stop word) the dictionary words
+    inside it, which gloss it when the dictionary lacks the word itself; None for any other word."""
+    if len(word) < 2 or not _HAS_CJK.search(word) or word in _SKIP:
+        return None
+    return [p for p in _split(word) if p not in _SKIP]
+
+
+def _gloss_content_word(word: str, inner: list[str], frequency: Frequency | None) -> list[str]:
+    """`gloss_word` of `word`, or else of the dictionary words `inner` it contains."""
+    return gloss_word(word, frequency) or [g for p in inner for g in gloss_word(p, frequency)]
+
+
 def gloss_query(question: str, frequency: Frequency | None = None) -> str:
     """The English search terms for a Chinese `question` (see the module docstring); "" when the question has no
     Chinese content word the dictionary knows, or the dictionary is not installed. With `frequency` (English
@@ -193,19 +206,14 @@ def gloss_query(question: str, frequency: Frequency | None = None) -> str:
     if not _HAS_CJK.search(question) or not _entries():
         return ""
     out = [m.group(0) for m in _LATIN.finditer(question)]  # commands, options, paths: bridges as they are
-    # each content word, and the dictionary words inside it (for a word the dictionary cannot gloss)
-    parts = [
-        (w, [p for p in _split(w) if p not in _SKIP])
-        for w in words(question)
-        if len(w) >= 2 and _HAS_CJK.search(w) and w not in _SKIP
-    ]
+    parts = [(w, inner) for w in words(question) if (inner := _inner_words(w)) is not None]
     if frequency is not None:  # one look-up for every candidate of every word
         pool = [c for w, inner in parts for p in (w, *inner) for c in candidates(p)[0]]
         df = frequency(list(dict.fromkeys(pool)))
         frequency = lambda ws: df  # noqa: E731
     glossed = False
     for w, inner in parts:
-        found = gloss_word(w, frequency) or [g for p in inner for g in gloss_word(p, frequency)]
+        found = _gloss_content_word(w, inner, frequency)
         if found:
             glossed = True
             out += found
@@ -230,6 +238,6 @@ def gloss_passage(text: str) -> str:
     for w in words(text):
         if _LATIN.fullmatch(w):
             out.append(w)
-        elif len(w) >= 2 and _HAS_CJK.search(w) and w not in _SKIP:
-            out += (gloss_word(w) or [g for p in _split(w) if p not in _SKIP for g in gloss_word(p)])[:2]
+        elif (inner := _inner_words(w)) is not None:
+            out += _gloss_content_word(w, inner, None)[:2]
     return " ".join(out)
