@@ -1,5 +1,7 @@
 """docqa.retrieve over small real knowledge bases (real embedder): fusion, hygiene, relevance, snapshots."""
 
+from pathlib import Path
+
 import pytest
 
 from docqa.config import Settings
@@ -290,5 +292,34 @@ def test_a_hit_keeps_the_line_that_introduces_it(tmp_path, embedder):
         # a neighbour shown before the hit makes the lead needless: the text is not repeated
         wide = Retriever(kb, embedder, s.replace(neighbours=1)).search("executable", k=1, mode="bm25")[0]
         assert wide.text.count("shutil.which(cmd, mode, path)") == 1 and wide.text in page
+    finally:
+        kb.close()
+
+
+# Man pages' option lists, as their chunks read: an entry never repeats the command's name.
+OPTION_PAGES = {
+    "grep.zh-cn.txt": "-v, --invert-match  改变匹配的意义，只选择不匹配的行。\n\n"
+    "-w, --word-regexp  只选择含有能组成完整的词的匹配的行。\n",
+    "mount.zh-cn.txt": "-r, --read-only  以只读方式挂载文件系统。\n\n-w, --rw  以读写方式挂载文件系统，这是默认选项。\n",
+    "ps.zh-cn.txt": "-w  宽输出。这个选项用两次可以不限制宽度。\n\n-x  显示没有控制终端的进程。\n",
+    "grep.txt": "-v, --invert-match  Invert the sense of matching, to select non-matching lines.\n\n"
+    "-w, --word-regexp  Select only those lines containing matches that form whole words.\n",
+    "mount.txt": "-r, --read-only  Mount the filesystem read-only.\n\n-w, --rw  Mount the filesystem read-write. "
+    "This is the default option.\n",
+    "ps.txt": "-w  Wide output. Use this option twice for unlimited width.\n\n-x  Show processes without a "
+    "controlling terminal.\n",
+}
+
+
+def test_a_question_naming_a_document_finds_its_entry(tmp_path, embedder):
+    from conftest import build_kb
+
+    s = build_kb(tmp_path, OPTION_PAGES, embedder)
+    kb = KnowledgeBase.open(s.index)
+    try:
+        hits = Retriever(kb, embedder, s).search("grep 的 -w 选项是什么意思？", k=3)
+        # either language's grep page answers (an English passage serves a Chinese question as well)
+        assert Path(hits[0].source).name.startswith("grep."), [(h.source, h.text[:30]) for h in hits]
+        assert "--word-regexp" in hits[0].text
     finally:
         kb.close()

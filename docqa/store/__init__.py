@@ -29,7 +29,7 @@ One job per module:
   manifest.py     manifest.json: write, read, checksum, agreement with the database
   schema.py       the SQLite schema as numbered migrations, applied in place and recorded in meta
   vectors.py      the VectorIndex interface and the backend factory; faiss.py and milvus.py implement it
-  rows.py         DocumentInfo, ChunkRow, index_text
+  rows.py         DocumentInfo, ChunkRow, index_text, lexical_text (what the embedder and BM25 read)
   reader.py       the read side: snapshot, dense search, rows
   kb.py           KnowledgeBase: open (create / migrate / recover), batch and the commit
   batch.py        Batch: the changes of one commit

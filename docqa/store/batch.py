@@ -23,7 +23,7 @@ import numpy as np
 
 from ..documents import Chunk
 from ..errors import ModelMismatchError
-from .rows import DocumentInfo, index_text
+from .rows import DOCUMENT_NAMES, DocumentInfo, document_name, lexical_text
 from .vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class Batch:
         self._changed = False
         self._lexical_ids: list[int] = []
         self._lexical_texts: list[str] = []
+        self._names = kb.lexical_text == DOCUMENT_NAMES  # read once: a batch never changes it
 
     @property
     def changed(self) -> bool:
@@ -132,7 +133,8 @@ class Batch:
                 )
             self.index.add(np.array(ids, dtype=np.int64), vectors)
             self._lexical_ids.extend(ids)
-            self._lexical_texts.extend(index_text(ch.section, ch.text) for ch in chunks)
+            name = document_name(info.path) if self._names else ""
+            self._lexical_texts.extend(lexical_text(name, ch.section, ch.text) for ch in chunks)
             if len(self._lexical_ids) >= LEXICAL_BUFFER_CHUNKS:  # a huge batch (rebuild, a big file): stay bounded
                 self.flush_lexical()
         self._changed = True

@@ -30,6 +30,7 @@ from .batch import Batch
 from .files import DB_NAME, WriterLock
 from .manifest import MANIFEST_NAME
 from .reader import Reader
+from .rows import DOCUMENT_NAMES
 from .vectors import DEFAULT_BACKEND, VectorIndex, vector_backend
 
 
@@ -163,6 +164,7 @@ class KnowledgeBase(Reader):
                 **record,
                 "vector_backend": backend.name,
                 **({"vector_text": vector_text} if vector_text else {}),
+                "lexical_text": DOCUMENT_NAMES,
                 **{f"option.{k}": v for k, v in self.backend_options.items() if v and k.startswith(backend.name + ".")},
                 "created_at": time.time(),
             }.items():

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import StoreCorruptError
 from .files import REBUILD_HINT
-from .rows import index_text
+from .rows import DOCUMENT_NAMES, document_name, lexical_text
 
 if TYPE_CHECKING:
     from .kb import KnowledgeBase
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 def rebuild(kb: KnowledgeBase) -> dict:
     """Rebuild the vector and lexical indexes from the vectors and text kept in SQLite (no re-embedding), as one
-    commit. StoreCorruptError, changing nothing, when stored vectors are damaged (it names their documents)."""
+    commit; the lexical index then reads document names (rows.py `lexical_text`) however old the knowledge base.
+    StoreCorruptError, changing nothing, when stored vectors are damaged (it names their documents)."""
     kb.require_writer()
     bad = kb.conn.execute(
         "SELECT DISTINCT d.path FROM chunks c JOIN documents d ON d.id = c.document_id WHERE length(c.vector) != ?",
@@ -64,12 +65,16 @@ def rebuild(kb: KnowledgeBase) -> dict:
         last = -1
         while True:
             rows = kb.conn.execute(
-                "SELECT id, section, text FROM chunks WHERE id > ? ORDER BY id LIMIT 5000", (last,)
+                "SELECT c.id, c.section, c.text, d.path FROM chunks c JOIN documents d ON d.id = c.document_id "
+                "WHERE c.id > ? ORDER BY c.id LIMIT 5000",
+                (last,),
             ).fetchall()
             if not rows:
                 break
-            kb.lexical.add([r[0] for r in rows], [index_text(r[1], r[2]) for r in rows])
+            kb.lexical.add([r[0] for r in rows], [lexical_text(document_name(r[3]), r[1], r[2]) for r in rows])
             last = rows[-1][0]
+        # the postings now read document names, so the knowledge base says so (one made before gains them here)
+        kb.conn.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_text', ?)", (DOCUMENT_NAMES,))
         b.mark_changed()
     return {"chunks": index.count(), "generation": kb.generation}
 
@@ -88,6 +93,14 @@ def verify(kb: KnowledgeBase) -> list[tuple[str, str]]:
     ids = {r[0] for r in kb.conn.execute("SELECT id FROM chunks")}
     problems += [("error", m) for m in _verify_vectors(kb, ids)]
     problems += [("error", m) for m in _verify_rows(kb, ids)]
+    if ids and kb.lexical_text != DOCUMENT_NAMES:
+        problems.append(
+            (
+                "warning",
+                "the lexical index does not read document names (made by an older docqa); `docqa rebuild` "
+                "adds them without re-embedding",
+            )
+        )
     return problems
 
 

@@ -63,6 +63,12 @@ class Reader:
         return self._meta("vector_text") or ""
 
     @property
+    def lexical_text(self) -> str:
+        """What the lexical index reads besides each chunk's section and text: "names" = its document's name
+        (rows.py `lexical_text`); "" = nothing else (knowledge bases made before, until `docqa rebuild`)."""
+        return self._meta("lexical_text") or ""
+
+    @property
     def generation(self) -> int:
         return int(self._meta("generation") or 0)
 

@@ -10,6 +10,7 @@ Limits: plain dataclasses, detached from the database: a row read in one snapsho
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -64,3 +65,34 @@ def index_text(section: str, text: str) -> str:
     'Installing\\nRun pip install.'
     """
     return f"{section}\n{text}" if section else text
+
+
+#: meta `lexical_text` of a knowledge base whose lexical index reads each chunk's document name before its
+#: section and text (`lexical_text`); knowledge bases made before have no such row until `docqa rebuild`
+DOCUMENT_NAMES = "names"
+#: the name is indexed this many times (a field weight): 1-4 measured alike, 2 best on the dev set's tuning half
+NAME_REPEAT = 2
+
+
+def document_name(path: str) -> str:
+    """The words of a file's name up to its first dot, for the lexical index: a question often names the
+    document it is about (the tool, the library, the manual), and a man page's option list never repeats it.
+
+    >>> document_name("/docs/grep.zh-cn.txt"), document_name("C:/docs/python-library_shutil.html")
+    ('grep', 'python library shutil')
+
+    Limits: a name with a dot inside ("release-2.4.pdf") keeps only its part before that dot ("release 2").
+    """
+    base = re.split(r"[\\/]", path)[-1].split(".")[0]
+    return " ".join(w for w in re.split(r"[\W_]+", base) if w)
+
+
+def lexical_text(name: str, section: str, text: str) -> str:
+    """What the lexical index reads for a chunk: its document's name (`document_name`, NAME_REPEAT times; "" in a
+    knowledge base made before), section title and text.
+
+    >>> lexical_text("tar", "Options", "-x extracts.")
+    'tar\\ntar\\nOptions\\n-x extracts.'
+    """
+    body = index_text(section, text)
+    return "\n".join([name] * NAME_REPEAT + [body]) if name else body

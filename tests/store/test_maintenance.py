@@ -57,3 +57,28 @@ def test_damaged_sqlite_is_a_clear_error(tmp_path):
     db.write_bytes(b"\x00" * 4096)
     with pytest.raises(StoreCorruptError, match="damaged"):
         KnowledgeBase.open(tmp_path / "kb")
+
+
+def test_the_lexical_index_reads_document_names_and_rebuild_gives_them_to_an_older_knowledge_base(tmp_path):
+    # a man page's option entry never repeats the command's name: "grep -w" must still find grep's "-w" line
+    with new_kb(tmp_path / "kb") as kb:
+        assert kb.lexical_text == "names"
+        put(kb, "/d/grep.zh-cn.txt", ["-w 只选择含有能组成完整的词的匹配的行"])
+        put(kb, "/d/mount.txt", ["-w mount the filesystem read-write"], seed=1)
+        ids = {row.source: cid for cid, row in kb.chunks(range(10)).items()}
+        assert [c for c, _ in kb.lexical.search("grep -w", 5)][0] == ids["/d/grep.zh-cn.txt"]
+    with new_kb(tmp_path / "old") as kb:  # as made before names were indexed: no meta row
+        kb.conn.execute("DELETE FROM meta WHERE key = 'lexical_text'")
+    with KnowledgeBase.open(tmp_path / "old", writable=True) as kb:
+        assert kb.lexical_text == ""
+        put(kb, "/d/grep.txt", ["-w select whole words"])
+        assert kb.lexical.search("grep", 5) == []  # its postings stay one kind until rebuild
+        [(level, message)] = verify(kb)  # healthy, but told how to catch up
+        assert level == "warning" and "document names" in message and "`docqa rebuild`" in message
+        rebuild(kb)
+        assert kb.lexical_text == "names"
+        assert len(kb.lexical.search("grep", 5)) == 1
+        assert verify(kb) == []
+    with KnowledgeBase.open(tmp_path / "old", writable=True) as kb:  # and new documents are indexed alike
+        put(kb, "/d/sed.txt", ["-n suppress printing"], seed=2)
+        assert len(kb.lexical.search("sed", 5)) == 1
