@@ -136,6 +136,11 @@ Tried and dropped (on top of 2, or of 2 + 3):
   .573 / .562 -> .537-.561 / .525-.562, hit@20 flat or lower; dropping query bigrams that contain a question
   character (候怎 of 时候怎么): no change at all; also dropping question words and single characters:
   hit@5 .671 / .637 -> .659 / .625-.637.
+- (on top of 8) 60 Chinese function words left out of the gloss (不是 "fault", 时候 "time", 不想
+  "unexpectedly"): zh tune hit@1 .585 -> .622, hit@3 / hit@5 .732 / .805 -> .707 / .793, en tune hit@20 .939 -> .929.
+- (on top of 8) the document name in the embedded text too, as the header of a chunk without a section title /
+  before every section title / the latter for English chunks only: en tune hit@5 .867 -> .888 / .878 / .867, zh
+  tune hit@5 .805 -> .793 / .768 / .793, zh tune hit@20 .878 -> .866 / .854 / .866.
 
 Cross-language questions (`xlang`: an English question about a Chinese page or the reverse; no translation of
 that page is in the corpus) stay the weakest (every keyword, after rule 6): hybrid hit@1/5/20 en/tune
