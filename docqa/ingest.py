@@ -34,11 +34,12 @@ import numpy as np
 from .chunk import chunk_document
 from .config import Settings
 from .documents import Chunk, Document
-from .embed import Embedder, get_embedder, kb_model_name, split_model_name
+from .embed import Embedder, get_embedder, kb_model_name, model_languages, split_model_name
 from .errors import DocQAError, LoadError, ModelMismatchError
 from .lexicon import GLOSS_VECTORS, gloss_passage, lexicon_available
 from .store import MANIFEST_NAME, DocumentInfo, KnowledgeBase, index_text, store_options
 from .store.files import sha256_file
+from .store.rows import DOCUMENT_NAMES
 from .text import has_chinese
 
 Progress = Callable[..., None]
@@ -65,6 +66,8 @@ class IngestReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     commits: int = 0
+    #: what a knowledge base made by an older docqa lacks, and the command that catches it up (`upgrade_notes`)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -79,6 +82,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "embed_seconds": round(self.embed_seconds, 3),
             "commits": self.commits,
+            "notes": self.notes,
         }
 
 
@@ -323,16 +327,43 @@ def ingest(
                     f"{settings.embed_model!r} makes {embedder.dim}-dimensional vectors, the knowledge base holds {kb.dim}"
                 )
             _load_embed_commit(kb, todo, settings, embedder, report, emit, parallel)
+        languages = (
+            embedder.languages
+            if embedder is not None
+            else model_languages(settings.embed_model, settings.embed_languages)
+        )
+        report.notes = upgrade_notes(kb, languages)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def upgrade_notes(kb: KnowledgeBase, languages: frozenset[str]) -> list[str]:
+    """What `kb`, made by an older docqa, misses of what one made now has, each with the command that catches
+    it up; [] for a knowledge base made now. `languages`: those the embedder reads (`Embedder.languages`)."""
+    notes = []
+    if kb.lexical_text != DOCUMENT_NAMES:
+        notes.append(
+            "BM25 here does not read document names (a question naming a command or file ranks better where it "
+            "does): run `docqa rebuild` once, no re-embedding"
+        )
+    if kb.vector_text != GLOSS_VECTORS and _glosses(languages):
+        notes.append(
+            "Chinese chunks here are embedded as their own text, which this embedder cannot read; a knowledge base "
+            "made now embeds them as their English gloss (better Chinese search): ingest into a new --index folder"
+        )
+    return notes
+
+
+def _glosses(languages: frozenset[str]) -> bool:
+    """Whether a new knowledge base for an embedder reading `languages` embeds Chinese chunks as their gloss."""
+    return "zh" not in languages and "en" in languages and lexicon_available()
 
 
 def new_vector_text(embedder: Embedder) -> str:
     """The `vector_text` of a new knowledge base for `embedder`: GLOSS_VECTORS (Chinese chunks embedded as their
     English gloss, `vector_texts`) when it reads English but not Chinese and the dictionary is installed, else
     "" (every chunk embedded as its own text)."""
-    ok = "zh" not in embedder.languages and "en" in embedder.languages and lexicon_available()
-    return GLOSS_VECTORS if ok else ""
+    return GLOSS_VECTORS if _glosses(embedder.languages) else ""
 
 
 def _open_kb(settings: Settings, recorded: str, embedder: Embedder | None) -> KnowledgeBase:

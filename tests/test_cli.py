@@ -267,3 +267,16 @@ def test_ingest_ocr_and_model_family_flags_reach_the_settings(kb, recorder):
     assert r.exit_code == 0, r.output
     assert recorder.settings.model_family == "chatglm3"
     assert run("ingest", kb, "--ocr", "sometimes").exit_code == 1  # not a choice: a usage error
+
+
+def test_ingest_says_what_an_older_knowledge_base_misses_and_rebuild_answers_it(kb, docs_dir):
+    from docqa.store import KnowledgeBase
+
+    assert "note" not in run("ingest", docs_dir, "--index", kb).stderr  # made now: nothing to say
+    with KnowledgeBase.open(kb, writable=True) as k:
+        k.conn.execute("DELETE FROM meta WHERE key = 'lexical_text'")  # as an older docqa made it
+    r = run("ingest", docs_dir, "--index", kb)
+    assert r.exit_code == 0 and "note BM25 here does not read document names" in " ".join(r.stderr.split())
+    assert json.loads(run("ingest", docs_dir, "--index", kb, "--json").stdout)["notes"][0].startswith("BM25 here")
+    assert run("rebuild", "--index", kb).exit_code == 0
+    assert "note" not in run("ingest", docs_dir, "--index", kb).stderr

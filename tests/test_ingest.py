@@ -230,3 +230,20 @@ def test_backend_is_recorded_searched_with_and_never_mixed(docs_dir, settings, o
     with pytest.raises(ModelMismatchError, match="embed_backend 'onnx-int8'"):
         ingest([docs_dir], settings)  # torch vectors into an int8 knowledge base: refused
     assert ingest([docs_dir], s).added == 1  # with its own backend it goes on incrementally
+
+
+def test_a_knowledge_base_made_by_an_older_docqa_is_told_what_it_misses(docs_dir, settings, embedder):
+    with KnowledgeBase.open(
+        settings.index, create=True, writable=True, embed_model=embedder.name, dim=embedder.dim
+    ) as kb:
+        # as one made before document names and gloss vectors: neither meta row
+        kb.conn.execute("DELETE FROM meta WHERE key IN ('lexical_text', 'vector_text')")
+    names, gloss = ingest([docs_dir], settings, embedder).notes
+    assert "document names" in names and "`docqa rebuild`" in names
+    assert "English gloss" in gloss and "new --index" in gloss
+    with KnowledgeBase.open(settings.index, writable=True) as kb:
+        kb.rebuild()
+    assert ingest([docs_dir], settings, embedder).notes == [gloss]  # the lexical index caught up, the vectors not
+    assert ingest([docs_dir], settings.replace(index=settings.index.parent / "new"), embedder).notes == []
+    # a re-run over unchanged files loads no model: the notes come from the settings' model name
+    assert ingest([docs_dir], settings).notes == [gloss]

@@ -192,6 +192,8 @@ def print_ingest_report(out: Console, err: Console, report: IngestReport, index:
         f"[bold]{escape(str(index))}[/]: added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
         f"removed {report.removed}, failed {len(report.failed)}; {report.chunks} chunks in {report.seconds:.1f}s"
     )
+    for note in report.notes:
+        err.print(f"[yellow]note[/] {escape(note)}")
 
 
 def print_documents(out: Console, docs: list[DocumentInfo]) -> None:
