@@ -499,6 +499,45 @@ def test_docx_corrupt(tmp_path: Path) -> None:
         load_file(tmp_path / "z.docx")
 
 
+def test_pdf_running_headers_and_page_numbers_are_removed(tmp_path: Path) -> None:
+    from fpdf import FPDF
+
+    from docqa.load.pdf import _load_pdfium, _load_pypdf
+
+    sections = ["2.1. INSTALLING", "2.1. INSTALLING", "2.2. CONFIGURING", "2.3. UPGRADING", "2.3. UPGRADING"]
+
+    class Manual(FPDF):  # the running header names the chapter and the current section, the footer the page
+        def header(self):
+            if self.page_no() > 1:
+                self.set_font("helvetica", size=8)
+                self.cell(text=f"CHAPTER 2. SETTING UP THE SYSTEM {sections[self.page_no() - 1]}")
+                self.ln(12)
+
+        def footer(self):
+            self.set_y(-15)
+            self.set_font("helvetica", size=8)
+            self.cell(text=str(self.page_no()))
+
+    body = [
+        "Setting up the system takes a few steps.",
+        "Install the base packages with apt install.",
+        "Edit /etc/default/grub to change the timeout.",
+        "Upgrades keep your configuration files",
+        "unless you answer yes when dpkg asks.",
+    ]
+    pdf = Manual()
+    for text in body:
+        pdf.add_page()
+        pdf.set_font("helvetica", size=12)
+        pdf.multi_cell(0, 8, text)
+    f = tmp_path / "manual.pdf"
+    pdf.output(str(f))
+    for doc in (load_file(f), _load_pdfium(f), _load_pypdf(f)):
+        assert "CHAPTER 2" not in doc.text and doc.metadata["running_lines_removed"] == 9
+        assert [ln for ln in doc.text.split("\n") if ln.strip()] == body  # the page numbers went too
+        assert [doc.page_at(doc.text.index(t)) for t in body] == [1, 2, 3, 4, 5]
+
+
 def test_pypdf_fallback_matches_pdfium(tmp_path: Path) -> None:
     from docqa.load.pdf import _load_pdfium, _load_pypdf
 

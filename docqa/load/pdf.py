@@ -21,6 +21,7 @@ pdfium is not thread-safe: calls are serialised with a module lock (the sandbox 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -43,8 +44,82 @@ def clean_page_text(text: str) -> str:
     return text.strip("\n")
 
 
+# a line that is only a page number: 12, - 12 -, Page 3 of 9, 3 / 9, vii, 第 3 页 (digits are masked as #)
+_PAGE_NUMBER = re.compile(
+    r"(?:page )?#(?: ?(?:/|of) ?#)?|[-\u2013\u2014] ?# ?[-\u2013\u2014]|[ivxlc]{1,6}|第 ?# ?页(?: ?共 ?# ?页)?"
+)
+_RUNNING_WINDOW = 3  # pages either side in which a running header or footer repeats
+_RUNNING_MIN = 12  # a shorter line ("Chapter 3", "Index") is never taken for a running header: too common a text
+_RUNNING_PREFIX = 20  # a start this long shared by two lines makes them one running line with a varying tail
+
+
+def _line_key(line: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"\d+", "#", line.strip().lower()))
+
+
+def _alike(a: str, b: str) -> bool:
+    """One running line on two pages: the same once digits are masked, or sharing a long start (a header that
+    names the current section: "CHAPTER 6. THE DEBIAN ARCHIVES 6.5. WHAT DOES ..." / "... 6.7. WHAT ARE ...")."""
+    if a == b:
+        return True
+    n = len(os.path.commonprefix([a, b]))
+    return n >= _RUNNING_PREFIX or (n >= _RUNNING_MIN and n >= 0.6 * min(len(a), len(b)))
+
+
+def _edge(lines: list[str], top: bool) -> int | None:
+    """Index of the first (top) or last non-blank line, None for a blank page."""
+    order = range(len(lines)) if top else range(len(lines) - 1, -1, -1)
+    return next((i for i in order if lines[i].strip()), None)
+
+
+def strip_running_lines(pages: list[str]) -> tuple[list[str], int]:
+    """Remove running headers and footers: the first or last line of a page (twice, for two-line ones) of at
+    least 12 characters that repeats on a page at most 3 away (the same once digits are masked, or sharing its
+    first 20 characters: the header names the current section), and bare page numbers where at least half the
+    pages end (or begin) with one. The first page keeps its top lines (a title page has no running header), and
+    no page loses its last line. Returns (pages, lines removed). They are noise to both searches,
+    and the header a page break puts inside a paragraph split its sentences.
+
+        >>> body = ["Install it with apt.", "Then edit the file", "and restart."]
+        >>> pages = ["SETUP GUIDE\\n1"] + [f"CHAPTER 2. SETUP 2.{i}. STEP {i}\\n{t}\\n{i + 2}" for i, t in enumerate(body)]
+        >>> strip_running_lines(pages)
+        (['SETUP GUIDE', 'Install it with apt.', 'Then edit the file', 'and restart.'], 7)
+
+    Limits: only whole lines at a page's edges; a header that varies within its first 20 characters stays, as
+    does one under 12 characters; documents under 3 pages are left alone; a table whose header row begins each
+    page loses that row there.
+    """
+    if len(pages) < 3:
+        return pages, 0
+    lines = [p.split("\n") for p in pages]
+    removed = 0
+    for top in (True, False):
+        for _ in range(2):
+            at = [_edge(ls, top) for ls in lines]
+            keys = [None if i is None else _line_key(ls[i]) for ls, i in zip(lines, at)]
+            numbers = {p for p, k in enumerate(keys) if k is not None and _PAGE_NUMBER.fullmatch(k)}
+            drop = numbers if 2 * len(numbers) >= len(pages) else set()
+            for p, k in enumerate(keys):
+                if k is None or p in drop or len(k) < _RUNNING_MIN or (top and p == 0):
+                    continue
+                near = range(max(0, p - _RUNNING_WINDOW), min(len(keys), p + _RUNNING_WINDOW + 1))
+                if any(q != p and keys[q] is not None and _alike(k, keys[q]) for q in near):
+                    drop.add(p)
+            drop = {p for p in drop if sum(1 for ln in lines[p] if ln.strip()) > 1}  # never empty a page
+            if not drop:
+                break
+            for p in drop:
+                i = at[p]
+                lines[p] = lines[p][i + 1 :] if top else lines[p][:i]
+            removed += len(drop)
+    return ["\n".join(ls).strip("\n") for ls in lines], removed
+
+
 def _assemble(source: str, page_texts: list[str], toc: list[tuple[int, int, str]], meta: dict[str, Any]) -> Document:
-    """Join pages; turn (level, page_index, title) bookmarks into sections."""
+    """Join pages (running headers and footers removed); turn (level, page_index, title) bookmarks into sections."""
+    page_texts, running = strip_running_lines(page_texts)
+    if running:
+        meta["running_lines_removed"] = running
     parts: list[str] = []
     pages: list[Page] = []
     pos = 0
