@@ -223,10 +223,17 @@ def test_uploaded_html_is_never_served_inline(client):
 def test_knowledge_base_made_by_the_cli_later_is_served(client, tmp_path, docs_dir):
     from test_server import make_kb
 
+    from docqa.store import KnowledgeBase
+
     make_kb(tmp_path / "indexes", "later", docs_dir)
     assert "docqa/later" in [m["id"] for m in client.get("/v1/models").json()["data"]]
     r = client.post("/api/v1/search", json={"query": "tar", "kb_ids": ["later"]})
     assert r.status_code == 200 and r.json()["results"]
+    assert {k["name"]: k["notes"] for k in client.get("/api/v1/kbs").json()["kbs"]} == {"docs": [], "later": []}
+    with KnowledgeBase.open(tmp_path / "indexes" / "later", writable=True) as kb:  # as an older docqa made it
+        kb.conn.execute("DELETE FROM meta WHERE key = 'lexical_text'")
+    notes = {k["name"]: k["notes"] for k in client.get("/api/v1/kbs").json()["kbs"]}
+    assert notes["docs"] == [] and len(notes["later"]) == 1 and "`docqa rebuild`" in notes["later"][0]
 
 
 def test_search_lists_the_english_gloss_it_searched(client, tmp_path):

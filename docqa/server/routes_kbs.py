@@ -36,23 +36,29 @@ ACTIVE_TYPES = {
 # ---------------------------------------------------------------------- knowledge bases
 @read.get("/kbs")
 def list_kbs(request: Request) -> dict[str, Any]:
+    from ..ingest import upgrade_notes
+
     state = state_of(request)
     state.discover()  # knowledge bases made by `docqa ingest` since the server started
     out = []
     for name in state.kb_names():
         h = state.kb(name)
         docs = chunks = 0
+        notes: list[str] = []
         if h.exists:
             with state.retriever(name) as r:
                 docs, chunks = len(r.kb.documents()), r.kb.chunk_count()
-        out.append({"id": name, "name": name, "documents": docs, "chunks": chunks, "model": f"docqa/{name}"})
+                notes = upgrade_notes(r.kb, r.embedder.languages)  # made by an older docqa: what it misses
+        out.append(
+            {"id": name, "name": name, "documents": docs, "chunks": chunks, "model": f"docqa/{name}", "notes": notes}
+        )
     return {"kbs": out}
 
 
 @admin.post("/kbs", status_code=201)
 def create_kb(request: Request, body: dict = Body(...)) -> dict[str, Any]:
     h = state_of(request).create_kb(str(body.get("name", "")))
-    return {"id": h.name, "name": h.name, "documents": 0, "chunks": 0, "model": f"docqa/{h.name}"}
+    return {"id": h.name, "name": h.name, "documents": 0, "chunks": 0, "model": f"docqa/{h.name}", "notes": []}
 
 
 @admin.delete("/kbs/{kb}")
