@@ -20,7 +20,9 @@ Each line is a JSON object with a `question` and at least one way to judge a ret
   of the project's issues are judged; the others pin the passage that explains it).
 
 `lang` ("zh" | "en") groups the scores; without it the question's language is detected. `split` (e.g. "tune" /
-"report") adds a group per language and half, so a rule tuned on one half is judged on the other. A question's rank is that
+"report") adds a group per language and half, so a rule tuned on one half is judged on the other. `"xlang": true`
+marks a question answered only in a document in the other language; `--same-language` leaves those out (a manual
+with its translation beside it has none). A question's rank is that
 of the first passage judged a hit among the top 20 (`MAX_K`); hit@k is the share of questions ranked <= k and
 MRR@10 the mean of 1/rank (0 when not found).
 
@@ -59,6 +61,7 @@ class QAItem:
     lang: str | None = None
     line: int = 0
     split: str | None = None  # "tune" | "report": tune rules on one half, report both
+    cross_language: bool = False  # "xlang": the answer is only in a document in the other language
 
 
 def normalise(text: str) -> str:
@@ -66,8 +69,9 @@ def normalise(text: str) -> str:
     return _WS.sub(" ", text).strip().casefold()
 
 
-def load_qa(path: str | Path) -> list[QAItem]:
-    """Read a QA file; raises DocQAError naming the line of the first malformed entry."""
+def load_qa(path: str | Path, same_language: bool = False) -> list[QAItem]:
+    """Read a QA file; raises DocQAError naming the line of the first malformed entry. `same_language` leaves out
+    the questions marked `"xlang": true` (answered only in a document in the other language)."""
     p = Path(path)
     try:
         raw = p.read_text(encoding="utf-8")
@@ -76,8 +80,10 @@ def load_qa(path: str | Path) -> list[QAItem]:
     except (OSError, UnicodeDecodeError) as e:
         raise DocQAError(f"cannot read {p}: {e}") from None
     items = [_parse_line(p, n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+    if same_language:
+        items = [it for it in items if not it.cross_language]
     if not items:
-        raise DocQAError(f"{p} holds no questions")
+        raise DocQAError(f"{p} holds no questions" + (" in the question's own language" if same_language else ""))
     return items
 
 
@@ -111,7 +117,10 @@ def _parse_line(p: Path, n: int, line: str) -> QAItem:
     split = obj.get("split")
     if split is not None and (not isinstance(split, str) or not split.strip()):
         raise DocQAError(f'{where}: \'split\' must be a name such as "tune" or "report"')
-    return QAItem(q.strip(), list(kw), source, page, lang, n, split)
+    xlang = obj.get("xlang", False)
+    if not isinstance(xlang, bool):
+        raise DocQAError(f"{where}: 'xlang' must be true or false")
+    return QAItem(q.strip(), list(kw), source, page, lang, n, split, xlang)
 
 
 #: how `judge` decides that a passage answers (see the module docstring)
@@ -273,14 +282,16 @@ def run_eval(
     judge_by: str = "auto",
     expand: str = "",
     llm: str = "auto",
+    same_language: bool = False,
 ) -> EvalReport:
     """Load the QA file, open the knowledge base at `settings.index` once, and evaluate every mode; with
     `expand` (comma-separated QUERY_EXPANSIONS kinds) also every mode with the expansions that the chat model
-    named by `llm` (as `docqa eval --answers --llm` names one) writes for each question."""
+    named by `llm` (as `docqa eval --answers --llm` names one) writes for each question. `same_language`: see
+    `load_qa`."""
     if judge_by not in JUDGES:
         raise ConfigError(f"judge_by must be one of {', '.join(JUDGES)}, got {judge_by!r}")
     wanted = parse_modes(modes)
-    items = load_qa(path)
+    items = load_qa(path, same_language)
     from .retrieve import open_retriever
 
     expander = None

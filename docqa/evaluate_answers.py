@@ -155,9 +155,11 @@ def answerer_settings(settings, spec: str):
     return settings.replace(llm=spec, llm_url="")
 
 
-def run_answer_eval(path, settings, llms: str | Sequence[str] = ("auto",), progress=None) -> AnswerReport:
-    """Load the QA file, open the knowledge base once, and evaluate each answerer named in `llms` (comma-separated
-    or a list; see `answerer_settings`), loading one model at a time."""
+def run_answer_eval(
+    path, settings, llms: str | Sequence[str] = ("auto",), progress=None, same_language: bool = False
+) -> AnswerReport:
+    """Load the QA file (`same_language`: see `load_qa`), open the knowledge base once, and evaluate each answerer
+    named in `llms` (comma-separated or a list; see `answerer_settings`), loading one model at a time."""
     from .errors import ConfigError
     from .evaluate import load_qa
     from .generate import get_generator
@@ -166,7 +168,7 @@ def run_answer_eval(path, settings, llms: str | Sequence[str] = ("auto",), progr
     specs = [x.strip() for x in (llms.split(",") if isinstance(llms, str) else llms) if x.strip()]
     if not specs:
         raise ConfigError("--llm names no answerer")
-    items = load_qa(path)
+    items = load_qa(path, same_language)
     retriever = open_retriever(settings)
     groups: dict[str, dict[str, dict[str, float]]] = {}
     records: dict[str, list[AnswerRecord]] = {}

@@ -108,6 +108,7 @@ def test_load_qa_good_file(tmp_path):
         ('{"question": "q", "source": "a.pdf", "page": 0}', "'page' must be a positive integer"),
         ('{"question": "q", "keywords": ["x"], "page": 3}', "'page' needs a 'source'"),
         ('{"question": "q", "keywords": ["x"], "lang": "fr"}', "'lang'"),
+        ('{"question": "q", "keywords": ["x"], "xlang": "yes"}', "'xlang' must be true or false"),
     ],
 )
 def test_load_qa_bad_line_names_line_number(tmp_path, line, message):
@@ -115,6 +116,20 @@ def test_load_qa_bad_line_names_line_number(tmp_path, line, message):
     p.write_text('{"question": "ok", "keywords": ["x"]}\n' + line + "\n", encoding="utf-8")
     with pytest.raises(DocQAError, match=rf"qa.jsonl:2: .*{message}"):
         load_qa(p)
+
+
+def test_same_language_leaves_out_the_cross_language_questions(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(
+        '{"question": "a?", "keywords": ["x"]}\n{"question": "怎么?", "keywords": ["y"], "xlang": true}\n'
+        '{"question": "c?", "keywords": ["z"], "xlang": false}\n',
+        encoding="utf-8",
+    )
+    assert [i.cross_language for i in load_qa(p)] == [False, True, False]
+    assert [i.question for i in load_qa(p, same_language=True)] == ["a?", "c?"]
+    p.write_text('{"question": "怎么?", "keywords": ["y"], "xlang": true}\n', encoding="utf-8")
+    with pytest.raises(DocQAError, match="no questions in the question's own language"):
+        load_qa(p, same_language=True)
 
 
 def test_load_qa_missing_and_empty(tmp_path):

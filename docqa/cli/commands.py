@@ -248,6 +248,13 @@ def eval_command(
             "--llm chat model writes, as <mode>+expand",
         ),
     ] = "",
+    same_language: Annotated[
+        bool,
+        typer.Option(
+            "--same-language",
+            help='Leave out the questions marked "xlang": true (answered only in a document in the other language)',
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score retrieval (hit@1/3/5/10/20, MRR@10) or, with --answers, the answers, per language and half."""
@@ -258,7 +265,7 @@ def eval_command(
             if err.is_terminal and (i == n or i % 10 == 0):
                 err.print(f"[dim]{name}: {i}/{n}[/]")
 
-        areport = run_answer_eval(qa_file, load_settings(index=index, adapter=adapter), llm, progress)
+        areport = run_answer_eval(qa_file, load_settings(index=index, adapter=adapter), llm, progress, same_language)
         if as_json:
             print(json.dumps(areport.to_json(), ensure_ascii=False), flush=True)
         else:
@@ -266,7 +273,8 @@ def eval_command(
         return
     from ..evaluate import run_eval
 
-    report = run_eval(qa_file, load_settings(index=index, adapter=adapter), mode, judge_by, expand=expand, llm=llm)
+    settings = load_settings(index=index, adapter=adapter)
+    report = run_eval(qa_file, settings, mode, judge_by, expand=expand, llm=llm, same_language=same_language)
     if as_json:
         print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)
     else:
