@@ -538,6 +538,18 @@ def test_pdf_running_headers_and_page_numbers_are_removed(tmp_path: Path) -> Non
         assert [doc.page_at(doc.text.index(t)) for t in body] == [1, 2, 3, 4, 5]
 
 
+def test_chinese_running_headers_and_page_numbers_go_and_body_lines_stay() -> None:
+    from docqa.load.pdf import strip_running_lines
+
+    body = ["用 apt-mark hold 保留软件包。", "修改 /etc/apt/sources.list 后运行 apt update。", "第 9 章介绍系统技巧。"]
+    pages = ["Debian 参考手册\n" + body[0] + "\n第 1 页"]
+    pages += [f"第 9 章 系统技巧 9.{i}. 小节\n{t}\n第 {i + 2} 页" for i, t in enumerate(body[1:])]
+    pages += ["第 9 章 系统技巧 9.3. 小节\n第 9 章 系统技巧 9.3. 小节的正文很短。\n第 4 页"]
+    out, n = strip_running_lines(pages)
+    assert out == ["Debian 参考手册\n" + body[0], body[1], body[2], "第 9 章 系统技巧 9.3. 小节的正文很短。"]
+    assert n == 7  # three headers and four page numbers; a body line that starts like the header stays
+
+
 def test_pypdf_fallback_matches_pdfium(tmp_path: Path) -> None:
     from docqa.load.pdf import _load_pdfium, _load_pypdf
 
