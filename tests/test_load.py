@@ -582,3 +582,64 @@ def test_pdfium_hyphenation_marks_rejoin_words():
         == "Users can select which packages to install"
     )
     assert clean_page_text("a well-known\r\nfact") == "a well-known\nfact"
+
+
+# ---------------------------------------------------------------- Chinese line wraps
+
+
+def test_chinese_pdf_paragraph_wrapped_at_the_margin_is_one_line(tmp_path: Path) -> None:
+    body = "请先下载软件包，然后运行安装程序" * 8 + "。"
+    f = make_pdf(tmp_path / "zh.pdf", [([(0, "第一章 简介")], body + "\n" + ZH_LINES[2])], zh=True)
+    from docqa.load.pdf import _load_pypdf
+
+    for doc in (load_file(f), _load_pypdf(f)):
+        lines = [ln.strip() for ln in doc.text.split("\n") if ln.strip()]
+        # fpdf2 broke the paragraph at the margin twice, mid-word; the title and the next paragraph (after a full
+        # stop) keep their own lines
+        assert lines == ["第一章 简介", body, ZH_LINES[2]]
+        assert doc.metadata["cjk_wraps_joined"] == 2
+
+
+def test_man_page_chinese_wrap_is_joined_for_search(tmp_path: Path) -> None:
+    from docqa.tokenize import tokenize
+
+    page = (
+        "名称\n       apt - 命令行软件包管理器\n\n描述\n"
+        "       apt 为管理系统中的软件包提供了一个高层命令行接口，它用于交互使用，默认启用了一些更适合终端用户的选项。安装软\n"
+        "       件包之前请先更新软件包列表。\n\n"
+        "       -y, --yes\n              对所有提示回答是\n"
+    )
+    f = tmp_path / "apt.zh-cn.txt"
+    f.write_text(page, encoding="utf-8")
+    doc = load_file(f)
+    assert "选项。安装软件包之前请先更新软件包列表。" in doc.text and doc.metadata["cjk_wraps_joined"] == 1
+    assert "描述\n" in doc.text and "--yes\n              对所有" in doc.text  # headings and option lines stay
+    joined = doc.text[doc.text.index("选项。") :]
+    assert tokenize(joined, bigrams=False)[:3] == ["选项", "安装", "软件"]  # 软件 then 软件包: one word again
+    assert "软件包" in tokenize(joined, bigrams=False)[:4]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "n"),
+    [
+        # a full line ending in a Han character, then Han: joined (indentation of the next line dropped)
+        ("一" * 20 + "\n    二三。", "一" * 20 + "二三。", 1),
+        # after non-final punctuation too
+        ("一" * 19 + "，\n二三。", "一" * 19 + "，二三。", 1),
+        # a paragraph ends in a full stop; a line shorter than the measure is a heading or a list item
+        ("一" * 19 + "。\n二三。", None, 0),
+        ("一" * 20 + "\n四\n" + "五" * 6 + "\n六六", "一" * 20 + "四\n" + "五" * 6 + "\n六六", 1),
+        # Latin on either side: the line break already separates the words
+        ("一" * 20 + "\napt install", None, 0),
+        ("一" * 19 + "apt\n二三", None, 0),
+        # a translation that spaces its words keeps a space where it broke
+        ("从 标准 输入 读入 参数 " + "一" * 15 + "\n二三", "从 标准 输入 读入 参数 " + "一" * 15 + " 二三", 1),
+        # English prose and short lines: untouched
+        ("a wrapped\nEnglish line", None, 0),
+        ("软件包\n版本\n说明", None, 0),
+    ],
+)
+def test_join_cjk_wraps(text: str, expected: str | None, n: int) -> None:
+    from docqa.load.text import join_cjk_wraps
+
+    assert join_cjk_wraps(text) == (text if expected is None else expected, n)
