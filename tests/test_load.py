@@ -597,7 +597,7 @@ def test_chinese_pdf_paragraph_wrapped_at_the_margin_is_one_line(tmp_path: Path)
         # fpdf2 broke the paragraph at the margin twice, mid-word; the title and the next paragraph (after a full
         # stop) keep their own lines
         assert lines == ["第一章 简介", body, ZH_LINES[2]]
-        assert doc.metadata["cjk_wraps_joined"] == 2
+        assert doc.metadata["wrapped_lines_joined"] == 2
 
 
 def test_man_page_chinese_wrap_is_joined_for_search(tmp_path: Path) -> None:
@@ -608,11 +608,14 @@ def test_man_page_chinese_wrap_is_joined_for_search(tmp_path: Path) -> None:
         "       apt 为管理系统中的软件包提供了一个高层命令行接口，它用于交互使用，默认启用了一些更适合终端用户的选项。安装软\n"
         "       件包之前请先更新软件包列表。\n\n"
         "       -y, --yes\n              对所有提示回答是\n"
+        "       --no-upgrade\n              不升级已安装的软件包；与 install 一起使用时，它的效果如同 apt-get 的 --only-\n"
+        "              upgrade 的反面。\n"
     )
     f = tmp_path / "apt.zh-cn.txt"
     f.write_text(page, encoding="utf-8")
     doc = load_file(f)
-    assert "选项。安装软件包之前请先更新软件包列表。" in doc.text and doc.metadata["cjk_wraps_joined"] == 1
+    assert "选项。安装软件包之前请先更新软件包列表。" in doc.text and doc.metadata["wrapped_lines_joined"] == 2
+    assert "--only-upgrade" in tokenize(doc.text)  # the option broken after its hyphen is whole again
     assert "描述\n" in doc.text and "--yes\n              对所有" in doc.text  # headings and option lines stay
     joined = doc.text[doc.text.index("选项。") :]
     assert tokenize(joined, bigrams=False)[:3] == ["选项", "安装", "软件"]  # 软件 then 软件包: one word again
@@ -634,12 +637,17 @@ def test_man_page_chinese_wrap_is_joined_for_search(tmp_path: Path) -> None:
         ("一" * 19 + "apt\n二三", None, 0),
         # a translation that spaces its words keeps a space where it broke
         ("从 标准 输入 读入 参数 " + "一" * 15 + "\n二三", "从 标准 输入 读入 参数 " + "一" * 15 + " 二三", 1),
+        # a compound broken after its hyphen: joined, the hyphen kept; not a dash, a short line or a capital after
+        ("x" * 28 + " --keep-\n      newer-files", "x" * 28 + " --keep-newer-files", 1),
+        ("x" * 28 + " a -\n      dash", None, 0),
+        ("see --keep-\nnewer-files", None, 0),
+        ("x" * 28 + " see-\nAlso", None, 0),
         # English prose and short lines: untouched
         ("a wrapped\nEnglish line", None, 0),
         ("软件包\n版本\n说明", None, 0),
     ],
 )
-def test_join_cjk_wraps(text: str, expected: str | None, n: int) -> None:
-    from docqa.load.text import join_cjk_wraps
+def test_join_wraps(text: str, expected: str | None, n: int) -> None:
+    from docqa.load.text import join_wraps
 
-    assert join_cjk_wraps(text) == (text if expected is None else expected, n)
+    assert join_wraps(text) == (text if expected is None else expected, n)

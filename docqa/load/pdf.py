@@ -29,7 +29,7 @@ from typing import Any
 
 from docqa.documents import Document, Page, Section
 from docqa.errors import LoadError
-from docqa.load.text import join_cjk_wraps
+from docqa.load.text import join_wraps
 
 PAGE_SEP = "\n\n"
 _PDFIUM_LOCK = threading.Lock()
@@ -117,14 +117,14 @@ def strip_running_lines(pages: list[str]) -> tuple[list[str], int]:
 
 
 def _assemble(source: str, page_texts: list[str], toc: list[tuple[int, int, str]], meta: dict[str, Any]) -> Document:
-    """Join pages (running headers and footers removed, Chinese lines unwrapped); turn (level, page_index, title) bookmarks into sections."""
+    """Join pages (running headers and footers removed, lines wrapped mid-word joined); turn (level, page_index, title) bookmarks into sections."""
     page_texts, running = strip_running_lines(page_texts)
     if running:
         meta["running_lines_removed"] = running
-    unwrapped = [join_cjk_wraps(t) for t in page_texts]
+    unwrapped = [join_wraps(t) for t in page_texts]
     page_texts = [t for t, _ in unwrapped]
     if wraps := sum(n for _, n in unwrapped):
-        meta["cjk_wraps_joined"] = wraps
+        meta["wrapped_lines_joined"] = wraps
     parts: list[str] = []
     pages: list[Page] = []
     pos = 0

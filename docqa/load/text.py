@@ -27,7 +27,7 @@ from pathlib import Path
 
 from docqa.documents import Document, Section
 from docqa.errors import LoadError
-from docqa.text import CJK_PUNCT, FULLWIDTH, HAN
+from docqa.text import CJK, CJK_PUNCT, FULLWIDTH, HAN
 
 _BOMS: list[tuple[bytes, str]] = [
     # UTF-32 first: its LE BOM starts with the UTF-16 LE BOM.
@@ -94,7 +94,6 @@ MAX_BAD_RATIO = 0.02  # share of control/unassigned/private-use characters above
 
 
 _CJK_CHAR = re.compile(f"[{HAN}{CJK_PUNCT}{FULLWIDTH}]")
-_HAN_ANY = re.compile(f"[{HAN}]")
 
 
 def is_cjk(ch: str) -> bool:
@@ -224,46 +223,57 @@ def normalize_newlines(text: str) -> str:
 
 #: a line whose last character is one of these continues mid-sentence (a Han character, or punctuation that never
 #: ends a paragraph: ，、；：（“‘《「), so a break after it can be a wrap
-_WRAP_END = re.compile(f"[{HAN}\uff0c\u3001\uff1b\uff1a\uff08\u201c\u2018\u300a\u300c]$")
-_WRAP_START = re.compile(f"[{HAN}]")
+_CJK_END = f"[{HAN}\uff0c\u3001\uff1b\uff1a\uff08\u201c\u2018\u300a\u300c]"
+_CJK_WRAP = re.compile(f"{_CJK_END}[ \\t]*\\n[ \\t]*[{HAN}]")
+#: a compound broken after its hyphen (man: "--keep-⏎ newer-files", "per-⏎ host"): letters or digits, one hyphen
+_HYPHEN_WRAP = re.compile(r"[^\W_]{2}-[ \t]*\n[ \t]*[a-z]")
 _SPACED_WORDS = re.compile(f"[{HAN}] +(?=[{HAN}])")
+_WIDE = re.compile(f"[{CJK}{CJK_PUNCT}{FULLWIDTH}]")
 WRAP_MIN_WIDTH = 30  # columns: a shorter line is a heading, a list item or a table cell, never taken for a wrap
 WRAP_FILL = 0.8  # ... and a wrapped line fills at least this share of the text's usual full line width
 
 
 def _columns(line: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+    """Display width: a CJK character takes two columns."""
+    return len(line) + len(_WIDE.findall(line))
 
 
-def join_cjk_wraps(text: str) -> tuple[str, int]:
-    """`text` with the line breaks that only wrap Chinese prose removed, and how many: a PDF page or a man page
-    breaks lines at the margin, mid-word ("软件\\n包"), and where English words keep a space there, Chinese ones
-    are cut in two for search (jieba segments each side apart) and read as two lines.
+def join_wraps(text: str) -> tuple[str, int]:
+    """`text` with the line breaks that only wrap a word or Chinese prose at the margin removed, and how many.
+    A PDF page or a man page breaks lines at the margin; where English words keep the space a break gives them,
+    Chinese ones are cut in two ("软件\\n包": jieba segments each side apart, so BM25 no longer finds 软件包 there,
+    and the passage reads as two lines), and so is a compound broken after its hyphen ("--keep-\\n newer-files").
 
         >>> body = "如果您正好需要使用比稳定版更新的内核头文件来编译程序，那您要么需要升级包含内核头文件的软"
-        >>> join_cjk_wraps(body + "\\n件包，要么使用头文件。\\n10.2. 编译\\n内核")
+        >>> join_wraps(body + "\\n件包，要么使用头文件。\\n10.2. 编译\\n内核")
         ('如果您正好需要使用比稳定版更新的内核头文件来编译程序，那您要么需要升级包含内核头文件的软件包，要么使用头文件。\\n10.2. 编译\\n内核', 1)
+        >>> line = "       -k  don't replace existing files that are newer than their copies in the archive (--keep-"
+        >>> join_wraps(line + "\\n       newer-files)")[0][-35:]
+        'in the archive (--keep-newer-files)'
 
-    A break is joined when the line before ends in a Han character or non-final punctuation, the next line
-    (indentation dropped) starts with a Han character, and the line before fills the measure: at least
-    WRAP_MIN_WIDTH columns (a Han character is two) and WRAP_FILL of the 90th-percentile line width of `text`.
-    Where the line before spaces its Chinese words (old man-page translations: "从 标准 输入"), a space joins.
-    Limits: a short last line of a paragraph followed by a Chinese line is never joined, so a heading stays its
-    own line; a wrap next to Latin text ("安装\\napt") stays a line break (it already separates words); a text
-    whose long lines are all Chinese list items without punctuation would be joined (rare: lists end in 。or ；).
+    A break is joined when the line before fills the measure (at least WRAP_MIN_WIDTH columns, a CJK character
+    being two, and WRAP_FILL of the 90th-percentile line width of `text`) and either ends in a Han character or
+    non-final punctuation with the next line (indentation dropped) starting with a Han character, or ends in a
+    hyphen after two letters or digits with the next starting with a lower-case letter (the hyphen stays:
+    "per-host"). Where the line before spaces its Chinese words (old man-page translations: "从 标准 输入"), a
+    space joins. Limits: a short last line of a paragraph is never joined, so a heading stays its own line; a
+    wrap between Chinese and Latin text ("安装\\napt") stays a line break (it already separates words); a word
+    hyphenated by the typesetter stays split ("config-uration") unless the PDF marked it (docqa/load/pdf.py); a
+    text whose long lines are all Chinese list items without punctuation would be joined (rare: lists end in 。or ；).
     """
-    if "\n" not in text or not _HAN_ANY.search(text):
-        return text, 0
+    if not (_CJK_WRAP.search(text) or _HYPHEN_WRAP.search(text)):
+        return text, 0  # most texts: nothing to measure
     lines = text.split("\n")
     widths = sorted(_columns(ln.rstrip()) for ln in lines if ln.strip())
     fill = max(WRAP_MIN_WIDTH, WRAP_FILL * widths[int(0.9 * (len(widths) - 1))])
     out = [lines[0]]
     joined = 0
     for before, line in zip(lines, lines[1:]):  # `before` as printed: a joined line's own width is what counts
-        rest = line.lstrip()
-        if rest and _WRAP_START.match(rest) and _WRAP_END.search(before.rstrip()) and _columns(before.rstrip()) >= fill:
+        tail = before.rstrip()[-3:] + "\n" + line.lstrip()[:1]
+        if (_CJK_WRAP.search(tail) or _HYPHEN_WRAP.search(tail)) and _columns(before.rstrip()) >= fill:
             # a translation that spaces its words ("从 标准 输入 读入") keeps a space where the line broke
-            out[-1] = out[-1].rstrip() + (" " if len(_SPACED_WORDS.findall(before)) >= 2 else "") + rest
+            gap = " " if "-\n" not in tail and len(_SPACED_WORDS.findall(before)) >= 2 else ""
+            out[-1] = out[-1].rstrip() + gap + line.lstrip()
             joined += 1
         else:
             out.append(line)
@@ -274,15 +284,15 @@ def join_cjk_wraps(text: str) -> tuple[str, int]:
 
 
 def load_text(path: Path, data: bytes | None = None) -> Document:
-    """A .txt/.log/... file: decoded text (Chinese lines unwrapped: `join_cjk_wraps`), no sections
+    """A .txt/.log/... file: decoded text (lines wrapped mid-word joined: `join_wraps`), no sections
     (reStructuredText gets underlined-title sections)."""
     data = path.read_bytes() if data is None else data
     text, enc = decode_bytes(data)
-    text, wraps = join_cjk_wraps(text)
+    text, wraps = join_wraps(text)
     sections = _rst_sections(text) if path.suffix.lower() == ".rst" else []
     meta: dict[str, object] = {"format": "rst" if path.suffix.lower() == ".rst" else "text", "encoding": enc}
     if wraps:
-        meta["cjk_wraps_joined"] = wraps
+        meta["wrapped_lines_joined"] = wraps
     return Document(source=str(path), text=text, sections=sections, metadata=meta)
 
 
@@ -424,18 +434,18 @@ def markdown_sections(text: str) -> tuple[list[Section], str | None]:
 
 
 def load_markdown_text(source: str, text: str, encoding: str = "utf-8") -> Document:
-    text, wraps = join_cjk_wraps(text)
+    text, wraps = join_wraps(text)
     sections, title = markdown_sections(text)
     meta: dict[str, object] = {"format": "markdown", "encoding": encoding}
     if wraps:
-        meta["cjk_wraps_joined"] = wraps
+        meta["wrapped_lines_joined"] = wraps
     if title:
         meta["title"] = title
     return Document(source=source, text=text, sections=sections, metadata=meta)
 
 
 def load_markdown(path: Path, data: bytes | None = None) -> Document:
-    """A Markdown file: the text as written (it is shown to users; Chinese lines unwrapped, `join_cjk_wraps`),
+    """A Markdown file: the text as written (it is shown to users; lines wrapped mid-word joined, `join_wraps`),
     sections from its headings."""
     data = path.read_bytes() if data is None else data
     text, enc = decode_bytes(data)
