@@ -651,3 +651,11 @@ def test_join_wraps(text: str, expected: str | None, n: int) -> None:
     from docqa.load.text import join_wraps
 
     assert join_wraps(text) == (text if expected is None else expected, n)
+
+
+def test_roman_page_numbers_go_a_last_word_that_only_looks_roman_stays() -> None:
+    from docqa.load.pdf import strip_running_lines
+
+    pages = ["Preface text.\ni", "Contents.\nii", "The law is\ncivil", "More.\niv", "Last.\nxlix"]
+    out, n = strip_running_lines(pages)
+    assert out == ["Preface text.", "Contents.", "The law is\ncivil", "More.", "Last."] and n == 4

@@ -45,9 +45,11 @@ def clean_page_text(text: str) -> str:
     return text.strip("\n")
 
 
-# a line that is only a page number: 12, - 12 -, Page 3 of 9, 3 / 9, vii, 第 3 页 (digits are masked as #)
+# a line that is only a page number: 12, - 12 -, Page 3 of 9, 3 / 9, vii (a roman numeral up to 399, not "civil"),
+# 第 3 页 (digits are masked as #)
 _PAGE_NUMBER = re.compile(
-    r"(?:page )?#(?: ?(?:/|of) ?#)?|[-\u2013\u2014] ?# ?[-\u2013\u2014]|[ivxlc]{1,6}|第 ?# ?页(?: ?共 ?# ?页)?"
+    r"(?:page )?#(?: ?(?:/|of) ?#)?|[-\u2013\u2014] ?# ?[-\u2013\u2014]|(?=[ivxlc])c{0,3}(?:xc|xl|l?x{0,3})(?:ix|iv|v?i{0,3})"
+    r"|第 ?# ?页(?: ?共 ?# ?页)?"
 )
 _RUNNING_WINDOW = 3  # pages either side in which a running header or footer repeats
 _RUNNING_MIN = 12  # a shorter line ("Chapter 3", "Index") is never taken for a running header: too common a text
