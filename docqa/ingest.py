@@ -337,21 +337,35 @@ def ingest(
     return report
 
 
+#: what a knowledge base made by an older docqa may lack (`upgrades`), with what catches it up: the server's web page
+#: offers the rebuild as a button and translates these by their code
+UPGRADE_NOTES = {
+    "rebuild": (
+        "BM25 here does not read document names (a question naming a command or file ranks better where it "
+        "does): run `docqa rebuild` once, no re-embedding"
+    ),
+    "reingest": (
+        "Chinese chunks here are embedded as their own text, which this embedder cannot read; a knowledge base "
+        "made now embeds them as their English gloss (better Chinese search): ingest into a new --index folder"
+    ),
+}
+
+
+def upgrades(kb: KnowledgeBase, languages: frozenset[str]) -> list[str]:
+    """The codes of UPGRADE_NOTES that `kb`, made by an older docqa, needs; [] for a knowledge base made now.
+    `languages`: those the embedder reads (`Embedder.languages`)."""
+    codes = []
+    if kb.lexical_text != DOCUMENT_NAMES:
+        codes.append("rebuild")
+    if kb.vector_text != GLOSS_VECTORS and _glosses(languages):
+        codes.append("reingest")
+    return codes
+
+
 def upgrade_notes(kb: KnowledgeBase, languages: frozenset[str]) -> list[str]:
     """What `kb`, made by an older docqa, misses of what one made now has, each with the command that catches
-    it up; [] for a knowledge base made now. `languages`: those the embedder reads (`Embedder.languages`)."""
-    notes = []
-    if kb.lexical_text != DOCUMENT_NAMES:
-        notes.append(
-            "BM25 here does not read document names (a question naming a command or file ranks better where it "
-            "does): run `docqa rebuild` once, no re-embedding"
-        )
-    if kb.vector_text != GLOSS_VECTORS and _glosses(languages):
-        notes.append(
-            "Chinese chunks here are embedded as their own text, which this embedder cannot read; a knowledge base "
-            "made now embeds them as their English gloss (better Chinese search): ingest into a new --index folder"
-        )
-    return notes
+    it up (UPGRADE_NOTES of `upgrades`); [] for a knowledge base made now."""
+    return [UPGRADE_NOTES[c] for c in upgrades(kb, languages)]
 
 
 def _glosses(languages: frozenset[str]) -> bool:

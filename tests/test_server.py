@@ -277,6 +277,7 @@ def test_keys_required_when_auth_is_on(tmp_path, docs_dir):
         assert c.get("/v1/models", headers=read).status_code == 200
         assert c.post("/api/v1/search", json={"query": "tar"}, headers=read).status_code == 200
         assert c.post("/api/v1/kbs", json={"name": "new"}, headers=read).status_code == 403
+        assert c.post("/api/v1/kbs/docs/rebuild", headers=read).status_code == 403
         admin = {"Authorization": "Bearer admin-key-123"}
         assert c.post("/api/v1/kbs", json={"name": "new"}, headers=admin).status_code == 201
         made = c.post("/api/v1/keys", json={"name": "ci", "scope": "ingest"}, headers=admin).json()

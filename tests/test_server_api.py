@@ -234,6 +234,17 @@ def test_knowledge_base_made_by_the_cli_later_is_served(client, tmp_path, docs_d
         kb.conn.execute("DELETE FROM meta WHERE key = 'lexical_text'")
     notes = {k["name"]: k["notes"] for k in client.get("/api/v1/kbs").json()["kbs"]}
     assert notes["docs"] == [] and len(notes["later"]) == 1 and "`docqa rebuild`" in notes["later"][0]
+    assert [k["upgrades"] for k in client.get("/api/v1/kbs").json()["kbs"] if k["name"] == "later"] == [["rebuild"]]
+    # the web page's button: the rebuild gives it the document names, and search goes on over the new indexes
+    r = client.post("/api/v1/kbs/later/rebuild")
+    assert r.status_code == 200, r.text
+    assert r.json()["upgrades"] == [] and r.json()["notes"] == [] and r.json()["chunks"] > 0
+    assert {k["name"]: k["upgrades"] for k in client.get("/api/v1/kbs").json()["kbs"]} == {"docs": [], "later": []}
+    with KnowledgeBase.open(tmp_path / "indexes" / "later") as kb:
+        assert kb.lexical_text == "names"
+    r = client.post("/api/v1/search", json={"query": "tar", "kb_ids": ["later"]})
+    assert r.status_code == 200 and r.json()["results"]
+    assert client.post("/api/v1/kbs/nosuch/rebuild").status_code == 404
 
 
 def test_search_lists_the_english_gloss_it_searched(client, tmp_path):

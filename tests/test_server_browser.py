@@ -193,6 +193,25 @@ def test_stop_button_and_chinese_ui(live, browser, shots):
     ctx.close()
 
 
+def test_an_older_knowledge_base_is_rebuilt_from_its_page(live, kb_root, browser):
+    from docqa.store import KnowledgeBase
+
+    with KnowledgeBase.open(kb_root / "docs", writable=True) as kb:  # as an older docqa made it: no document names
+        kb.conn.execute("DELETE FROM meta WHERE key = 'lexical_text'")
+    ctx = browser.new_context(locale="zh-CN", viewport={"width": 1360, "height": 820})
+    page = ctx.new_page()
+    seen = watch(page, live.url)
+    page.goto(live.url + "/#/kbs/docs")
+    page.wait_for_selector("#kb-upgrades.notice")
+    assert "重建索引只需几秒" in page.inner_text("#kb-upgrades") and page.inner_text("#rebuild") == "重建索引"
+    page.click("#rebuild")
+    page.wait_for_selector("#kb-upgrades[hidden]", state="attached")  # the page, drawn again, has nothing to say
+    with KnowledgeBase.open(kb_root / "docs") as kb:
+        assert kb.lexical_text == "names"
+    assert seen["errors"] == [], seen["errors"]
+    ctx.close()
+
+
 @pytest.fixture
 def kb_root(tmp_path, docs_dir) -> Path:
     from test_server import make_kb

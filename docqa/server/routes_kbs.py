@@ -36,29 +36,57 @@ ACTIVE_TYPES = {
 # ---------------------------------------------------------------------- knowledge bases
 @read.get("/kbs")
 def list_kbs(request: Request) -> dict[str, Any]:
-    from ..ingest import upgrade_notes
-
     state = state_of(request)
     state.discover()  # knowledge bases made by `docqa ingest` since the server started
-    out = []
-    for name in state.kb_names():
-        h = state.kb(name)
-        docs = chunks = 0
-        notes: list[str] = []
-        if h.exists:
-            with state.retriever(name) as r:
-                docs, chunks = len(r.kb.documents()), r.kb.chunk_count()
-                notes = upgrade_notes(r.kb, r.embedder.languages)  # made by an older docqa: what it misses
-        out.append(
-            {"id": name, "name": name, "documents": docs, "chunks": chunks, "model": f"docqa/{name}", "notes": notes}
-        )
-    return {"kbs": out}
+    return {"kbs": [_kb_entry(state, name) for name in state.kb_names()]}
+
+
+def _kb_entry(state: ServerState, name: str) -> dict[str, Any]:
+    """One knowledge base as the API lists it; `upgrades` / `notes`: what it lacks, made by an older docqa."""
+    from ..ingest import UPGRADE_NOTES, upgrades
+
+    h = state.kb(name)
+    docs = chunks = 0
+    codes: list[str] = []
+    if h.exists:
+        with state.retriever(name) as r:
+            docs, chunks = len(r.kb.documents()), r.kb.chunk_count()
+            codes = upgrades(r.kb, r.embedder.languages)
+    return {
+        "id": name,
+        "name": name,
+        "documents": docs,
+        "chunks": chunks,
+        "model": f"docqa/{name}",
+        "upgrades": codes,
+        "notes": [UPGRADE_NOTES[c] for c in codes],
+    }
 
 
 @admin.post("/kbs", status_code=201)
 def create_kb(request: Request, body: dict = Body(...)) -> dict[str, Any]:
     h = state_of(request).create_kb(str(body.get("name", "")))
-    return {"id": h.name, "name": h.name, "documents": 0, "chunks": 0, "model": f"docqa/{h.name}", "notes": []}
+    return _kb_entry(state_of(request), h.name)
+
+
+@admin.post("/kbs/{kb}/rebuild")
+def rebuild_kb(request: Request, kb: str) -> dict[str, Any]:
+    """`docqa rebuild` for one knowledge base: its vector and lexical indexes made again from SQLite (no
+    re-embedding), in the writer's thread after the jobs queued before it; what an older one lacks ("rebuild" in
+    `upgrades`: document names in BM25) it then has."""
+    from ..store import KnowledgeBase, store_options
+
+    state = state_of(request)
+    h = state.kb(kb)
+    if not h.exists:
+        raise NotFound(f"knowledge base {kb!r} has no documents yet: nothing to rebuild")
+
+    def rebuild() -> dict[str, Any]:
+        with KnowledgeBase.open(h.path, writable=True, validate=False, **store_options(state.settings)) as w:
+            return w.rebuild()
+
+    info = jobs_of(request).run_exclusive(kb, rebuild).result()
+    return {**_kb_entry(state, kb), "generation": info["generation"]}
 
 
 @admin.delete("/kbs/{kb}")

@@ -281,10 +281,23 @@ async function kbsView(kbName) {
     } }, el("h3", { text: t("kbs.new") }), nameInput, el("button", { type: "submit", text: t("kbs.create") })));
   const main = el("section", { class: "kb-main" });
   view.replaceChildren(el("div", { class: "kb-layout" }, side, main));
-  if (current) await kbDetail(main, current);
+  if (current) await kbDetail(main, current, kbs.find((k) => k.name === current));
 }
 
-async function kbDetail(main, kb) {
+// what a knowledge base made by an older docqa lacks (`upgrades`), with the rebuild it can have at once
+function upgradeNotes(kb, entry) {
+  const codes = (entry && entry.upgrades) || [];
+  if (!codes.length) return el("div", { id: "kb-upgrades", hidden: true });
+  return el("div", { class: "notice", id: "kb-upgrades" }, codes.map((code) => el("p", {},
+    el("span", { text: t(`upgrade.${code}`) }),
+    code === "rebuild" ? el("button", { type: "button", id: "rebuild", text: t("kbs.rebuild"), onclick: async (e) => {
+      e.target.disabled = true;
+      const r = await guarded(() => api("POST", `/api/v1/kbs/${encodeURIComponent(kb)}/rebuild`));
+      if (r) { toast(t("kbs.rebuilt", { chunks: r.chunks })); await kbsView(kb); } else e.target.disabled = false;
+    } }) : null)));
+}
+
+async function kbDetail(main, kb, entry) {
   const fileInput = el("input", { type: "file", multiple: true, id: "file-input", hidden: true });
   const drop = el("div", { class: "dropzone", id: "dropzone" },
     el("p", {}, `${t("kbs.drop")} `, el("button", { type: "button", class: "link", onclick: () => fileInput.click(), text: t("kbs.choose") })),
@@ -298,7 +311,7 @@ async function kbDetail(main, kb) {
         await guarded(() => api("DELETE", `/api/v1/kbs/${encodeURIComponent(kb)}`));
         location.hash = "#/kbs";
       } })),
-    drop, progress, el("h3", { text: t("kbs.docs") }), table);
+    upgradeNotes(kb, entry), drop, progress, el("h3", { text: t("kbs.docs") }), table);
 
   const refresh = () => guarded(async () => {
     const { documents } = await api("GET", `/api/v1/kbs/${encodeURIComponent(kb)}/documents`);
