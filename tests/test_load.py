@@ -659,3 +659,28 @@ def test_roman_page_numbers_go_a_last_word_that_only_looks_roman_stays() -> None
     pages = ["Preface text.\ni", "Contents.\nii", "The law is\ncivil", "More.\niv", "Last.\nxlix"]
     out, n = strip_running_lines(pages)
     assert out == ["Preface text.", "Contents.", "The law is\ncivil", "More.", "Last."] and n == 4
+
+
+_WRAP_ALPHABET = "软件包安装，。；a-Z9 \t"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_join_wraps_only_removes_line_breaks_and_their_indentation(seed: int) -> None:
+    """Whatever the text, joining wrapped lines only drops a line break with the blanks around it (putting back a
+    single space for a spaced translation): nothing else changes, and it says how many it dropped."""
+    import random
+    import re
+
+    from docqa.load.text import join_wraps
+
+    rng = random.Random(seed)
+    total = 0
+    for _ in range(300):
+        lines = ["".join(rng.choice(_WRAP_ALPHABET) for _ in range(rng.choice((3, 16, 40, 45)))) for _ in range(8)]
+        text = "\n".join(lines)
+        out, n = join_wraps(text)
+        assert re.sub(r"\s", "", out) == re.sub(r"\s", "", text)
+        assert out.count("\n") == text.count("\n") - n
+        assert join_wraps(out)[0].count("\n") <= out.count("\n")
+        total += n
+    assert total > 50  # the texts do hold wraps to join
