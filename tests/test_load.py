@@ -367,6 +367,14 @@ def test_html_docbook_navigation_bars_dropped() -> None:
     )
     doc = load_html_bytes("p.html", page.encode())
     assert doc.text == "A\n\nbody text"
+    # Publican's (The Debian Administrator's Handbook): a download banner and docnav lists above and below
+    page = (
+        '<div id="banner"><a href="x"><span>Download the ebook</span></a></div>'
+        '<ul class="docnav top"><li class="previous"><a href="a.html"><strong>上一页</strong>第 6 章</a></li>'
+        '<li class="next"><a href="b.html"><strong>下一页</strong>6.3.</a></li></ul>'
+        '<h1>6.2. apt</h1><p>body text</p><ul class="docnav"><li class="home"><a href="i.html">起始页</a></li></ul>'
+    )
+    assert load_html_bytes("p.html", page.encode()).text == "6.2. apt\n\nbody text"
 
 
 @pytest.mark.parametrize("declared", ["gb2312", "gbk", "GB18030"])

@@ -7,7 +7,7 @@
 Encoding: BOM, then the declared charset (`<meta charset>`, `http-equiv`, XML declaration; GB2312/GBK are read as
 their superset GB18030, latin-1/ascii as cp1252 as browsers do), then the shared text detector.
 Dropped: script, style, noscript, template, nav, aside, svg, canvas, iframe, object, embed, elements marked
-`hidden`/`aria-hidden="true"`/`display:none`, DocBook navheader/navfooter bars, and header/footer that are page chrome (outside article/main —
+`hidden`/`aria-hidden="true"`/`display:none`, DocBook navheader/navfooter bars (Publican's docnav and banner), and header/footer that are page chrome (outside article/main —
 an article's own <header> often holds its h1). Whitespace inside inline content collapses to one space; <pre>
 keeps it; table cells are joined with " | ", one row per line, and each outermost table's span and header row go
 into metadata["tables"] (docqa/chunk.py keeps rows whole and repeats the header in each chunk of the table).
@@ -180,17 +180,21 @@ class _Builder:
 
 
 _CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "complementary"})
-# DocBook's (Debian's manuals, many GNU ones) previous/next bars are plain divs with these classes
-_CHROME_CLASSES = frozenset({"navheader", "navfooter"})
+# DocBook's (Debian's manuals, many GNU ones) previous/next bars are plain divs with these classes; Publican's
+# (The Debian Administrator's Handbook, Fedora's guides) a list of class "docnav"
+_CHROME_CLASSES = frozenset({"navheader", "navfooter", "docnav"})
+# ... and Publican's download banner a div of this id
+_CHROME_IDS = frozenset({"banner"})
 
 
 def _is_hidden(tag: Any) -> bool:
-    """Invisible elements, and page chrome marked by ARIA role (Sphinx's navigation bars are plain divs) or by
-    DocBook's navheader/navfooter class."""
+    """Invisible elements, and page chrome marked by ARIA role (Sphinx's navigation bars are plain divs), by
+    DocBook's navheader/navfooter class or Publican's docnav class and banner id."""
     attrs = tag.attrs or {}
     return (
         str(attrs.get("role", "")).lower() in _CHROME_ROLES
         or not _CHROME_CLASSES.isdisjoint(attrs.get("class") or ())
+        or str(attrs.get("id", "")).lower() in _CHROME_IDS
         or "hidden" in attrs
         or str(attrs.get("aria-hidden", "")).lower() == "true"
         or bool(_HIDDEN_STYLE.search(str(attrs.get("style", ""))))
