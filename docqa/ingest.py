@@ -276,9 +276,13 @@ def ingest(
     progress: Progress | None = None,
     *,
     parallel: bool = True,
+    reload: bool = False,
 ) -> IngestReport:
     """Sync `paths` (files and folders) into the knowledge base at `settings.index`.
 
+    `reload=True` reads, chunks and embeds every file again even when it is unchanged: what a knowledge base needs
+    to take new chunk settings, another OCR mode or an upgraded docqa's loaders (a file's chunks are replaced in
+    the same commit as always, so an interrupted reload leaves each file old or new, never half).
     `parallel=False` chunks on the main thread and embeds once per commit (the pipeline before it overlapped
     chunking with embedding; kept for the benchmark's comparison)."""
     t0 = time.perf_counter()
@@ -307,7 +311,7 @@ def ingest(
     if embedder is None and not (Path(settings.index) / MANIFEST_NAME).exists():
         embedder = load_embedder()
     with _open_kb(settings, recorded, embedder) as kb:
-        todo, touch = _plan(kb, files, report)
+        todo, touch = _plan(kb, files, report, reload)
         seen = {str(f) for f, _ in files}
         gone = [
             d.path for d in kb.documents() if d.path not in seen and any(d.path.startswith(r + os.sep) for r in roots)
@@ -408,8 +412,9 @@ def _open_kb(settings: Settings, recorded: str, embedder: Embedder | None) -> Kn
         ) from None
 
 
-def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport):
-    """Decide per file: unchanged (skip), unchanged content with a new mtime (touch), or load."""
+def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport, reload: bool = False):
+    """Decide per file: unchanged (skip), unchanged content with a new mtime (touch), or load (every known file
+    too, with `reload`)."""
     todo: list[_Candidate] = []
     touch: list[tuple[str, int]] = []
     known = {d.path: d for d in kb.documents()}
@@ -423,7 +428,7 @@ def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport
         old = known.get(str(path))
         if old is not None:
             cand.existed = True
-            if old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
+            if old.size == st.st_size and old.mtime_ns == st.st_mtime_ns and not reload:
                 report.unchanged += 1
                 continue
             try:
@@ -431,7 +436,7 @@ def _plan(kb: KnowledgeBase, files: list[tuple[Path, str]], report: IngestReport
             except OSError as e:
                 report.failed.append((str(path), f"cannot read: {e.strerror}"))
                 continue
-            if old.sha256 == cand.sha256 and old.status == "ok":
+            if old.sha256 == cand.sha256 and old.status == "ok" and not reload:
                 touch.append((str(path), st.st_mtime_ns))
                 report.unchanged += 1
                 continue

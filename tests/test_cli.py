@@ -280,3 +280,10 @@ def test_ingest_says_what_an_older_knowledge_base_misses_and_rebuild_answers_it(
     assert json.loads(run("ingest", docs_dir, "--index", kb, "--json").stdout)["notes"][0].startswith("BM25 here")
     assert run("rebuild", "--index", kb).exit_code == 0
     assert "note" not in run("ingest", docs_dir, "--index", kb).stderr
+
+
+def test_ingest_reload_reads_unchanged_files_again(kb, docs_dir):
+    plain = json.loads(run("ingest", docs_dir, "--index", kb, "--json").stdout)
+    assert (plain["unchanged"], plain["updated"]) == (3, 0)
+    again = json.loads(run("ingest", docs_dir, "--index", kb, "--reload", "--json").stdout)
+    assert (again["unchanged"], again["updated"], again["added"]) == (0, 3, 0)

@@ -247,3 +247,19 @@ def test_a_knowledge_base_made_by_an_older_docqa_is_told_what_it_misses(docs_dir
     assert ingest([docs_dir], settings.replace(index=settings.index.parent / "new"), embedder).notes == []
     # a re-run over unchanged files loads no model: the notes come from the settings' model name
     assert ingest([docs_dir], settings).notes == [gloss]
+
+
+def test_reload_reads_unchanged_files_again(docs_dir, settings, embedder):
+    """New chunk settings (or an upgraded loader) reach files that did not change only through a reload."""
+    ingest([docs_dir], settings, embedder)
+    with KnowledgeBase.open(settings.index) as kb:
+        before = kb.chunk_count()
+    small = settings.replace(chunk_tokens=24, chunk_overlap=4)
+    r = ingest([docs_dir], small, embedder)
+    assert (r.unchanged, r.updated, r.chunks) == (3, 0, 0)  # a plain re-run keeps the old chunks
+    r = ingest([docs_dir], small, embedder, reload=True)
+    assert (r.added, r.updated, r.unchanged, r.failed) == (0, 3, 0, [])
+    with KnowledgeBase.open(settings.index) as kb:
+        assert kb.chunk_count() == r.chunks > before  # every file chunked again, smaller; nothing left twice
+        assert all(row.n_tokens <= 24 for row in kb.chunks(range(1000)).values())
+        assert kb.verify() == []

@@ -52,9 +52,17 @@ def ingest(
         bool | None, typer.Option("--follow-symlinks", help="Follow symlinks inside the folders")
     ] = None,
     ocr: OcrOpt = None,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Read and embed every file again, changed or not (after new chunk settings, another --ocr mode or "
+            "a docqa upgrade)",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sync files and folders into the knowledge base (only changed files are re-embedded)."""
+    """Sync files and folders into the knowledge base (only changed files are re-embedded, unless --reload)."""
     from ..ingest import ingest as run_ingest
     from .progress import IngestProgress
 
@@ -69,7 +77,7 @@ def ingest(
     )
     try:
         with IngestProgress(err, enabled=err.is_terminal and not as_json) as progress:
-            report = run_ingest(paths, s, progress=progress)
+            report = run_ingest(paths, s, progress=progress, reload=reload)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: batches already committed are kept; run the same command to finish")
         raise typer.Exit(EXIT_INTERRUPTED) from None
