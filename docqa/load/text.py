@@ -224,9 +224,9 @@ def normalize_newlines(text: str) -> str:
 #: a line whose last character is one of these continues mid-sentence (a Han character, or punctuation that never
 #: ends a paragraph: ，、；：（“‘《「), so a break after it can be a wrap
 _CJK_END = f"[{HAN}\uff0c\u3001\uff1b\uff1a\uff08\u201c\u2018\u300a\u300c]"
-_CJK_WRAP = re.compile(f"{_CJK_END}[ \\t]*\\n[ \\t]*[{HAN}]")
-#: a compound broken after its hyphen (man: "--keep-⏎ newer-files", "per-⏎ host"): letters or digits, one hyphen
-_HYPHEN_WRAP = re.compile(r"[^\W_]{2}-[ \t]*\n[ \t]*[a-z]")
+#: a break that may be a wrap: Chinese on both sides, or a compound broken after its hyphen (man: "--keep-⏎
+#: newer-files", "per-⏎ host": letters or digits, one hyphen, a lower-case letter)
+_WRAP = re.compile(f"{_CJK_END}[ \\t]*\\n[ \\t]*[{HAN}]|[^\\W_]{{2}}-[ \\t]*\\n[ \\t]*[a-z]")
 _SPACED_WORDS = re.compile(f"[{HAN}] +(?=[{HAN}])")
 _WIDE = re.compile(f"[{CJK}{CJK_PUNCT}{FULLWIDTH}]")
 WRAP_MIN_WIDTH = 30  # columns: a shorter line is a heading, a list item or a table cell, never taken for a wrap
@@ -261,7 +261,7 @@ def join_wraps(text: str) -> tuple[str, int]:
     hyphenated by the typesetter stays split ("config-uration") unless the PDF marked it (docqa/load/pdf.py); a
     text whose long lines are all Chinese list items without punctuation would be joined (rare: lists end in 。or ；).
     """
-    if not (_CJK_WRAP.search(text) or _HYPHEN_WRAP.search(text)):
+    if not _WRAP.search(text):
         return text, 0  # most texts: nothing to measure
     lines = text.split("\n")
     widths = sorted(_columns(ln.rstrip()) for ln in lines if ln.strip())
@@ -269,8 +269,9 @@ def join_wraps(text: str) -> tuple[str, int]:
     out = [lines[0]]
     joined = 0
     for before, line in zip(lines, lines[1:]):  # `before` as printed: a joined line's own width is what counts
-        tail = before.rstrip()[-3:] + "\n" + line.lstrip()[:1]
-        if (_CJK_WRAP.search(tail) or _HYPHEN_WRAP.search(tail)) and _columns(before.rstrip()) >= fill:
+        end = before.rstrip()
+        tail = end[-3:] + "\n" + line.lstrip()[:1]
+        if _WRAP.search(tail) and _columns(end) >= fill:
             # a translation that spaces its words ("从 标准 输入 读入") keeps a space where the line broke
             gap = " " if "-\n" not in tail and len(_SPACED_WORDS.findall(before)) >= 2 else ""
             out[-1] = out[-1].rstrip() + gap + line.lstrip()
